@@ -1,0 +1,51 @@
+"""Gradient-matching objectives: how far a dummy batch's gradient is from the observed one.
+
+Each objective is built once from the observed gradient (so per-target work such as flattening
+and norms is done once, not every iteration) and then called with the dummy gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+
+from ...registry import Registry
+
+
+def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    # One concatenated vector: a handful of large ops instead of several per parameter tensor.
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+class Objective:
+    def __init__(self, target: Sequence[torch.Tensor]):
+        self.target = _flat([t.detach().float() for t in target])
+
+    def __call__(self, dummy: Sequence[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+
+OBJECTIVES: Registry[Callable[[Sequence[torch.Tensor]], Objective]] = Registry("matching objective")
+
+
+@OBJECTIVES.register("l2")
+class L2(Objective):
+    """DLG (Zhu et al., NeurIPS 2019): ``Σ_l ||g'_l − g_l||²`` over parameter tensors."""
+
+    def __call__(self, dummy):
+        return (_flat(dummy).float() - self.target).pow(2).sum()
+
+
+@OBJECTIVES.register("cosine")
+class Cosine(Objective):
+    """Inverting Gradients (Geiping et al., NeurIPS 2020): ``1 − <g', g> / (||g'|| ||g||)``,
+    all parameters flattened together."""
+
+    def __init__(self, target):
+        super().__init__(target)
+        self.target_norm = self.target.norm()
+
+    def __call__(self, dummy):
+        g = _flat(dummy).float()
+        return 1 - (g @ self.target) / (g.norm() * self.target_norm).clamp_min(1e-12)

@@ -1,0 +1,22 @@
+"""Named attack presets with the papers' defaults (iterations scaled to a CPU budget)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ...registry import Registry
+from .invert import InversionConfig
+
+PRESETS: Registry[InversionConfig] = Registry("attack preset")
+
+# Inverting Gradients (Geiping et al. 2020): cosine + TV, signed Adam lr 0.1, decay at 3/8, 5/8, 7/8.
+PRESETS.add("ig", InversionConfig(objective="cosine", regularizers={"tv": 0.05}, optimizer="adam",
+                                  lr=0.1, signed=True, lr_decay=True, init="randn"))
+# Deep Leakage from Gradients (Zhu et al. 2019): L2 matching, L-BFGS lr 1, no prior.
+PRESETS.add("dlg", InversionConfig(objective="l2", regularizers={}, optimizer="lbfgs", lr=1.0,
+                                   signed=False, lr_decay=False, init="uniform", iterations=100))
+
+
+def preset(name: str, **overrides) -> InversionConfig:
+    """A copy of preset ``name`` with ``overrides`` applied (None values are ignored)."""
+    return replace(PRESETS.get(name), **{k: v for k, v in overrides.items() if v is not None})

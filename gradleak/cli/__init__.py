@@ -1,0 +1,49 @@
+"""Command-line interface: a thin shell over the dataclasses and functions of the Python API.
+
+Each subcommand lives in its own module and registers itself on :data:`cli`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import GradleakError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="gradleak")
+def cli() -> None:
+    """gradleak: measure what an honest-but-curious FL server learns from client updates."""
+
+
+def _load_commands() -> None:
+    # Imported for their side effect of registering subcommands on `cli`.
+    from . import attack  # noqa: F401
+
+    for optional in ("labels", "rounds", "sweep", "flower"):
+        try:
+            __import__(f"{__name__}.{optional}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{optional}":
+                raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors end with one line on stderr and exit status 2, never a traceback."""
+    _load_commands()
+    try:
+        cli.main(args=argv, prog_name="gradleak", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("gradleak: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except GradleakError as exc:
+        click.echo(f"gradleak: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("gradleak: interrupted", err=True)
+        sys.exit(130)

@@ -1,0 +1,56 @@
+"""Victim architectures by name, seeded; any ``nn.Module`` also works through the Python API."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..registry import Registry
+from .convnet import ConvNet
+from .lenet import LeNet
+from .resnet import ResNet18
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+MODELS.add("lenet", LeNet)
+MODELS.add("convnet", ConvNet)
+MODELS.add("resnet18", ResNet18)
+
+DEFAULT_WIDTH = {"lenet": 12, "convnet": 64, "resnet18": 64}
+
+
+def build_model(
+    name: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    width: int | None = None,
+    seed: int = 0,
+) -> nn.Module:
+    """Build ``name`` for inputs of ``input_shape`` (C, H, W), initialised from ``seed``."""
+    factory = MODELS.get(name)
+    c, h, _ = input_shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = factory(in_channels=c, num_classes=num_classes, image_size=h, width=width or DEFAULT_WIDTH[name])
+        if isinstance(model, LeNet):
+            model.reset_parameters_dlg()
+    return model
+
+
+def last_linear(model: nn.Module) -> tuple[str, str | None]:
+    """Parameter names of the final ``nn.Linear`` (weight, bias or None): the layer label attacks read."""
+    found = None
+    for mod_name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            found = mod_name
+    if found is None:
+        from ..errors import ConfigError
+
+        raise ConfigError("the model has no nn.Linear layer; analytic label recovery needs a linear output layer")
+    mod = model.get_submodule(found)
+    prefix = f"{found}." if found else ""
+    return prefix + "weight", (prefix + "bias" if mod.bias is not None else None)
+
+
+__all__ = ["MODELS", "ConvNet", "LeNet", "ResNet18", "build_model", "last_linear"]

@@ -1,0 +1,99 @@
+"""The threat model: exactly what the honest-but-curious server is granted, and nothing more."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .update import ClientUpdate
+
+
+@dataclass
+class ThreatModel:
+    """What the attacker knows beyond the update, the architecture and the weights θ.
+
+    Every piece of side knowledge is an explicit flag (ALGORITHMS.md, "Threat model").
+    """
+
+    knows_batch_size: bool = True
+    knows_labels: bool = False
+    knows_bn_stats: bool = False
+    knows_class_names: bool = True
+    knows_local_schedule: bool = True  # FedAvg: the client's lr and number of local steps
+
+    def observe(
+        self,
+        model: nn.Module,
+        update: ClientUpdate,
+        input_shape: Sequence[int],
+        num_classes: int,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        batch_size: int | None = None,
+        labels: torch.Tensor | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> "Observation":
+        """Hand the attacker what this threat model grants; everything else is withheld."""
+        update.validate(model)
+        attacker_model = copy.deepcopy(model)
+        if not self.knows_bn_stats:
+            for m in attacker_model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                    m.reset_running_stats()
+        if not self.knows_local_schedule and update.kind == "fedavg":
+            update = ClientUpdate(update.kind, list(update.names), list(update.tensors), 1, None, None)
+        return Observation(
+            model=attacker_model,
+            update=update,
+            input_shape=tuple(int(s) for s in input_shape),
+            num_classes=int(num_classes),
+            mean=tuple(mean) if mean is not None else None,
+            std=tuple(std) if std is not None else None,
+            batch_size=batch_size if self.knows_batch_size else None,
+            labels=labels.clone() if (self.knows_labels and labels is not None) else None,
+            class_names=list(class_names) if (self.knows_class_names and class_names is not None) else None,
+            bn_stats_known=self.knows_bn_stats,
+        )
+
+
+@dataclass
+class Observation:
+    """Everything an attack may use. Built by :meth:`ThreatModel.observe`; never holds the private batch.
+
+    ``model`` carries θ (and BN running statistics only when granted). Images live in pixel
+    space [0, 1]; the model sees ``(x − mean) / std``.
+    """
+
+    model: nn.Module
+    update: ClientUpdate
+    input_shape: tuple[int, ...]
+    num_classes: int
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    batch_size: int | None = None
+    labels: torch.Tensor | None = None
+    class_names: list[str] | None = None
+    bn_stats_known: bool = False
+
+    def gradient(self) -> list[torch.Tensor]:
+        """The observed update read as a gradient (see :meth:`ClientUpdate.as_gradient`)."""
+        return self.update.as_gradient()
+
+    def named_gradient(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.update.names, self.gradient()))
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        from .update import _normalize
+
+        return _normalize(x, self.mean, self.std)
+
+    def require_batch_size(self) -> int:
+        if self.batch_size is None:
+            from ..errors import ConfigError
+
+            raise ConfigError("this attack needs the batch size, which the threat model does not grant")
+        return self.batch_size

@@ -1,0 +1,127 @@
+"""What a client sends back: a FedSGD gradient or a FedAvg weight delta, and how to simulate it."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import UpdateError
+
+UpdateKind = Literal["fedsgd", "fedavg"]
+
+
+@dataclass
+class ClientUpdate:
+    """One client's update, one tensor per model parameter, in ``model.named_parameters()`` order.
+
+    ``fedsgd``: ``tensors`` is the gradient of the mean cross-entropy over the client's batch.
+    ``fedavg``: ``tensors`` is ``θ_K − θ_0`` after ``local_steps`` SGD steps of size ``lr``.
+    """
+
+    kind: UpdateKind
+    names: list[str]
+    tensors: list[torch.Tensor]
+    local_steps: int = 1
+    lr: float | None = None
+    local_batch_size: int | None = None
+
+    def as_gradient(self, lr: float | None = None, local_steps: int | None = None) -> list[torch.Tensor]:
+        """The update read as a gradient: itself for FedSGD, ``−Δ / (K η)`` for FedAvg.
+
+        ``lr``/``local_steps`` override the recorded schedule (the threat model may not grant it;
+        with no schedule known, ``−Δ`` is returned, which only matters up to scale for cosine
+        matching and label recovery).
+        """
+        if self.kind == "fedsgd":
+            return list(self.tensors)
+        eta = lr if lr is not None else self.lr
+        steps = local_steps if local_steps is not None else self.local_steps
+        scale = 1.0 / (eta * steps) if eta else 1.0
+        return [-t * scale for t in self.tensors]
+
+    def validate(self, model: nn.Module) -> None:
+        """Raise UpdateError unless the update has one finite tensor per parameter of ``model``."""
+        params = [(n, p) for n, p in model.named_parameters()]
+        if len(params) != len(self.tensors):
+            raise UpdateError(
+                f"update has {len(self.tensors)} tensors but the model has {len(params)} parameters; "
+                "the model does not match the update"
+            )
+        for (name, p), t in zip(params, self.tensors):
+            if tuple(p.shape) != tuple(t.shape):
+                raise UpdateError(
+                    f"update tensor for {name!r} has shape {tuple(t.shape)}, the model expects "
+                    f"{tuple(p.shape)}; the model does not match the update"
+                )
+            if not torch.isfinite(t).all():
+                raise UpdateError(f"update tensor for {name!r} contains NaN or inf")
+
+
+@dataclass
+class UpdateConfig:
+    """How the simulated client computes its update."""
+
+    kind: UpdateKind = "fedsgd"
+    local_steps: int = 1
+    lr: float = 0.1
+    local_batch_size: int | None = None  # None: every local step uses the whole batch
+
+
+def _normalize(x: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> torch.Tensor:
+    if mean is None or std is None:
+        return x
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def fedsgd_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean=None, std=None) -> list[torch.Tensor]:
+    """``∇θ (1/B) Σ CE(f(x_i), y_i)`` with the model in its current train/eval mode."""
+    params = [p for p in model.parameters()]
+    loss = nn.functional.cross_entropy(model(_normalize(x, mean, std)), y)
+    return [g.detach() for g in torch.autograd.grad(loss, params)]
+
+
+def simulate_client(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: UpdateConfig = UpdateConfig(),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    generator: torch.Generator | None = None,
+) -> ClientUpdate:
+    """Compute the update an honest client would send for its private batch ``(x, y)``.
+
+    ``x`` is in pixel space [0, 1]; ``mean``/``std`` are the client's input normalisation.
+    The model is not modified (the client works on a private copy).
+    """
+    names = [n for n, _ in model.named_parameters()]
+    if config.kind not in ("fedsgd", "fedavg"):
+        raise UpdateError(f"unknown update kind {config.kind!r}; choose fedsgd or fedavg")
+    # The client trains its own copy: BN running statistics of the server's model stay as sent.
+    local = copy.deepcopy(model)
+    if config.kind == "fedsgd":
+        return ClientUpdate("fedsgd", names, fedsgd_gradient(local, x, y, mean, std))
+    start = [p.detach().clone() for p in local.parameters()]
+    n = x.shape[0]
+    mb = config.local_batch_size or n
+    order = torch.arange(n)
+    for step in range(config.local_steps):
+        if mb < n:
+            first = (step * mb) % n
+            if first == 0 and step > 0:
+                order = torch.randperm(n, generator=generator)
+            idx = order[first : first + mb]
+        else:
+            idx = order
+        grads = fedsgd_gradient(local, x[idx], y[idx], mean, std)
+        with torch.no_grad():
+            for p, g in zip(local.parameters(), grads):
+                p.sub_(config.lr * g)
+    delta = [(p.detach() - s) for p, s in zip(local.parameters(), start)]
+    return ClientUpdate("fedavg", names, delta, config.local_steps, config.lr, config.local_batch_size)

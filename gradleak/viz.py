@@ -1,0 +1,59 @@
+"""Image grids and plots as PNG files (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def _to_hwc(img: torch.Tensor):
+    img = img.detach().float().clamp(0, 1).cpu()
+    if img.shape[0] == 1:
+        return img[0].numpy(), "gray"
+    return img.permute(1, 2, 0).numpy(), None
+
+
+def save_grid(
+    path: str | Path,
+    rows: Sequence[torch.Tensor],
+    captions: Sequence[Sequence[str]] | None = None,
+    row_titles: Sequence[str] | None = None,
+    max_columns: int = 16,
+) -> Path:
+    """Save image rows (each B×C×H×W in [0, 1]) one above the other, wrapping long batches."""
+    path = Path(path)
+    n = max(int(r.shape[0]) for r in rows)
+    cols = min(n, max_columns)
+    blocks = -(-n // cols)
+    nrows = blocks * len(rows)
+    fig, axes = plt.subplots(nrows, cols, figsize=(1.3 * cols + 0.8, 1.45 * nrows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for b in range(blocks):
+        for r, images in enumerate(rows):
+            ax_row = b * len(rows) + r
+            for c in range(cols):
+                i = b * cols + c
+                if i >= images.shape[0]:
+                    continue
+                ax = axes[ax_row][c]
+                arr, cmap = _to_hwc(images[i])
+                ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+                if captions is not None and captions[r][i]:
+                    ax.set_title(captions[r][i], fontsize=7)
+            if row_titles is not None and cols:
+                axes[ax_row][0].text(-0.15, 0.5, row_titles[r], transform=axes[ax_row][0].transAxes,
+                                     rotation=90, va="center", ha="right", fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

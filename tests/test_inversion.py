@@ -1,0 +1,131 @@
+"""Objectives, regularisers and the optimisation loop, on inputs with known answers."""
+
+import pytest
+import torch
+from torch import nn
+
+from gradleak.attacks.inversion import OBJECTIVES, REGULARIZERS, InversionConfig, invert, preset
+from gradleak.attacks.inversion.invert import GradientMatcher
+from gradleak.attacks.inversion.regularizers import total_variation
+from gradleak.errors import ConfigError
+from gradleak.metrics import evaluate_images
+from gradleak.models import build_model
+from gradleak.threat import ThreatModel, simulate_client
+
+
+def test_l2_objective_known_value():
+    target = [torch.tensor([1.0, 2.0]), torch.tensor([[0.0]])]
+    dummy = [torch.tensor([0.0, 2.0]), torch.tensor([[3.0]])]
+    assert OBJECTIVES.get("l2")(target)(dummy).item() == pytest.approx(1 + 9)
+    assert OBJECTIVES.get("l2")(target)(target).item() == 0
+
+
+def test_cosine_objective_known_values():
+    t = [torch.tensor([1.0, 0.0]), torch.tensor([0.0])]
+    cos = OBJECTIVES.get("cosine")(t)
+    assert cos([torch.tensor([2.0, 0.0]), torch.tensor([0.0])]).item() == pytest.approx(0.0, abs=1e-7)
+    assert cos([torch.tensor([0.0, 5.0]), torch.tensor([0.0])]).item() == pytest.approx(1.0)
+    assert cos([torch.tensor([-1.0, 0.0]), torch.tensor([0.0])]).item() == pytest.approx(2.0)
+    # flattened over all tensors together, not averaged per tensor
+    assert cos([torch.tensor([1.0, 0.0]), torch.tensor([1.0])]).item() == pytest.approx(1 - 1 / 2 ** 0.5)
+
+
+def test_total_variation_known_values():
+    assert total_variation(torch.zeros(1, 1, 4, 4)).item() == 0
+    stripes = torch.zeros(1, 1, 4, 4)
+    stripes[..., ::2] = 1  # columns alternate: every horizontal neighbour differs by 1
+    assert total_variation(stripes).item() == pytest.approx(1.0)
+    ramp = torch.arange(4.0).view(1, 1, 4, 1).expand(1, 1, 4, 4)
+    assert total_variation(ramp).item() == pytest.approx(1.0)
+
+
+def _digit_setup(model="lenet", B=2, labels_known=True, bn=False):
+    from gradleak.data import load_dataset
+
+    data = load_dataset("digits", "test")
+    x, y = data.images[:B], data.labels[:B]
+    m = build_model(model, data.input_shape, 10, width=8 if model == "convnet" else None, seed=0)
+    m.train()
+    upd = simulate_client(m, x, y, mean=data.mean, std=data.std)
+    obs = ThreatModel(knows_labels=labels_known, knows_bn_stats=bn).observe(
+        m, upd, data.input_shape, 10, data.mean, data.std, batch_size=B, labels=y)
+    return obs, x, y
+
+
+def test_bn_stats_prior_is_zero_at_matching_statistics_and_positive_elsewhere():
+    torch.manual_seed(0)
+    obs, x, y = _digit_setup("convnet", B=4, bn=True)
+    model = obs.model
+    # Running stats equal to this batch's own statistics → prior 0 at x.
+    stats = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, s=stats: s.__setitem__(mod, inp[0]))
+             for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    model(obs.normalize(x))
+    for h in hooks:
+        h.remove()
+    for mod, inp in stats.items():
+        mod.running_mean.copy_(inp.detach().mean((0, 2, 3)))
+        mod.running_var.copy_(inp.detach().var((0, 2, 3), unbiased=False))
+    prior = REGULARIZERS.get("bn_stats")(obs, model)
+    model(obs.normalize(x))
+    assert prior(x).item() == pytest.approx(0.0, abs=1e-4)
+    model(obs.normalize(torch.rand_like(x)))
+    assert prior(x).item() > 0.1
+
+
+def test_bn_stats_prior_refused_without_granted_statistics():
+    obs, _, _ = _digit_setup("convnet", B=2, bn=False)
+    with pytest.raises(ConfigError, match="does not grant"):
+        REGULARIZERS.get("bn_stats")(obs, obs.model)
+
+
+def test_matching_loss_is_zero_at_the_true_images():
+    obs, x, y = _digit_setup("lenet", B=2)
+    for objective in OBJECTIVES:
+        m = GradientMatcher(obs, InversionConfig(objective=objective, regularizers={}), y)
+        loss, _ = m.matching_loss(x, create_graph=False)
+        assert loss.item() == pytest.approx(0.0, abs=1e-5)
+        wrong, _ = m.matching_loss(torch.rand_like(x), create_graph=False)
+        assert wrong.item() > 1e-3
+
+
+@pytest.mark.parametrize("attack, iterations", [("ig", 400), ("dlg", 15)])
+def test_attacks_reconstruct_digits_on_lenet(attack, iterations):
+    obs, x, y = _digit_setup("lenet", B=2)
+    rec = invert(obs, y, preset(attack, iterations=iterations, regularizers={}), progress=False)
+    ev = evaluate_images(rec.images, x)
+    assert ev.ssim > 0.9, ev
+    assert rec.images.min() >= 0 and rec.images.max() <= 1  # box constraint
+
+
+def test_restarts_keep_the_lowest_final_loss():
+    obs, x, y = _digit_setup("lenet", B=1)
+    rec = invert(obs, y, preset("ig", iterations=20, restarts=3), progress=False)
+    assert len(rec.restart_losses) == 3 and rec.matching_loss == min(rec.restart_losses)
+    best = rec.restart_losses.index(rec.matching_loss)
+    assert torch.equal(rec.images, rec.restart_images[best])
+
+
+def test_invert_is_deterministic_for_a_seed():
+    obs, x, y = _digit_setup("lenet", B=1)
+    a = invert(obs, y, preset("ig", iterations=10, seed=3), progress=False)
+    b = invert(obs, y, preset("ig", iterations=10, seed=3), progress=False)
+    assert torch.equal(a.images, b.images)
+
+
+def test_bf16_matching_loss_stays_close_to_fp32():
+    obs, x, y = _digit_setup("convnet", B=2)
+    x0 = torch.rand_like(x)
+    lo = GradientMatcher(obs, InversionConfig(precision="fp32"), y).matching_loss(x0, False)[0]
+    hi = GradientMatcher(obs, InversionConfig(precision="bf16"), y).matching_loss(x0, False)[0]
+    assert abs(lo.item() - hi.item()) < 0.05 * max(lo.item(), 1e-3) + 1e-3
+
+
+def test_unknown_names_are_config_errors():
+    obs, x, y = _digit_setup("lenet", B=1)
+    with pytest.raises(ConfigError, match="choose one of"):
+        invert(obs, y, InversionConfig(objective="nope"), progress=False)
+    with pytest.raises(ConfigError, match="choose one of"):
+        invert(obs, y, InversionConfig(regularizers={"nope": 1.0}), progress=False)
+    with pytest.raises(ConfigError):
+        preset("nope")

@@ -1,0 +1,97 @@
+"""The threat model hands the attacker only what it grants; the client simulator is exact."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from gradleak.errors import UpdateError
+from gradleak.models import build_model
+from gradleak.threat import ClientUpdate, ThreatModel, UpdateConfig, simulate_client
+
+
+def _setup(B=3):
+    torch.manual_seed(0)
+    model = build_model("convnet", (1, 8, 8), 10, width=4, seed=1)
+    x, y = torch.rand(B, 1, 8, 8), torch.tensor([1, 2, 2])[:B]
+    return model, x, y
+
+
+def test_fedsgd_is_the_mean_cross_entropy_gradient():
+    model, x, y = _setup()
+    upd = simulate_client(model, x, y, mean=(0.5,), std=(0.5,))
+    loss = nn.functional.cross_entropy(model((x - 0.5) / 0.5), y)
+    ref = torch.autograd.grad(loss, list(model.parameters()))
+    assert upd.kind == "fedsgd" and len(upd.tensors) == len(ref)
+    for a, b in zip(upd.tensors, ref):
+        torch.testing.assert_close(a, b)
+
+
+def test_fedavg_one_full_step_equals_minus_lr_times_gradient():
+    model, x, y = _setup()
+    before = copy.deepcopy(model.state_dict())
+    g = simulate_client(model, x, y).tensors
+    d = simulate_client(model, x, y, UpdateConfig("fedavg", local_steps=1, lr=0.05))
+    for gi, di in zip(g, d.tensors):
+        torch.testing.assert_close(di, -0.05 * gi, rtol=1e-4, atol=1e-7)
+    for gi, gr in zip(g, d.as_gradient()):
+        torch.testing.assert_close(gr, gi, rtol=1e-3, atol=1e-6)
+    # The server's model is untouched by the client's local training.
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+
+
+def test_fedavg_several_steps_differs_from_one_gradient():
+    model, x, y = _setup()
+    g = torch.cat([t.flatten() for t in simulate_client(model, x, y).tensors])
+    d = simulate_client(model, x, y, UpdateConfig("fedavg", local_steps=5, lr=0.05))
+    est = torch.cat([t.flatten() for t in d.as_gradient()])
+    assert not torch.allclose(est, g, rtol=1e-2)
+    assert nn.functional.cosine_similarity(est, g, dim=0) > 0.5
+
+
+def test_observation_withholds_what_is_not_granted():
+    model, x, y = _setup()
+    for m in model.modules():  # give the model non-trivial running statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.fill_(0.3)
+    upd = simulate_client(model, x, y)
+    obs = ThreatModel().observe(model, upd, (1, 8, 8), 10, labels=y, batch_size=3, class_names=list("abcdefghij"))
+    assert obs.labels is None and obs.batch_size == 3 and obs.class_names is not None
+    assert not obs.bn_stats_known
+    bn = [m for m in obs.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.all(m.running_mean == 0) for m in bn)
+    assert obs.model is not model
+    obs2 = ThreatModel(knows_labels=True, knows_bn_stats=True, knows_batch_size=False,
+                       knows_class_names=False).observe(model, upd, (1, 8, 8), 10, labels=y, batch_size=3,
+                                                        class_names=list("abcdefghij"))
+    assert torch.equal(obs2.labels, y) and obs2.batch_size is None and obs2.class_names is None
+    bn2 = [m for m in obs2.model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(torch.all(m.running_mean == 0.3) for m in bn2)
+    # The observation carries no field holding the private images.
+    assert not any(isinstance(v, torch.Tensor) and v.shape == x.shape for v in vars(obs2).values())
+
+
+def test_schedule_withheld_reads_fedavg_delta_as_minus_delta():
+    model, x, y = _setup()
+    d = simulate_client(model, x, y, UpdateConfig("fedavg", local_steps=2, lr=0.1))
+    obs = ThreatModel(knows_local_schedule=False).observe(model, d, (1, 8, 8), 10)
+    for a, b in zip(obs.gradient(), d.tensors):
+        torch.testing.assert_close(a, -b)
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda t: t[:-1], "tensors but the model has"),
+    (lambda t: [t[0][:1]] + t[1:], "does not match the update"),
+    (lambda t: [t[0] * float("nan")] + t[1:], "NaN or inf"),
+    (lambda t: [t[0] + float("inf")] + t[1:], "NaN or inf"),
+])
+def test_bad_updates_are_refused_with_a_clear_message(corrupt, message):
+    model, x, y = _setup()
+    upd = simulate_client(model, x, y)
+    bad = ClientUpdate("fedsgd", upd.names, corrupt(list(upd.tensors)))
+    with pytest.raises(UpdateError, match=message):
+        ThreatModel().observe(model, bad, (1, 8, 8), 10)
+    with pytest.raises(UpdateError):
+        ThreatModel().observe(build_model("lenet", (1, 8, 8), 10), upd, (1, 8, 8), 10)
