@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
-from .threat import ThreatModel, UpdateConfig, simulate_client
+from .errors import ConfigError, UpdateError
+from .threat import ClientUpdate, Observation, ThreatModel, UpdateConfig, simulate_client
 
 
 @dataclass
@@ -50,6 +50,14 @@ class AttackConfig:
     bn_prior: float = 0.0
     precision: str = "fp32"
     seed: int = 0
+    # a recorded update (from --save-update or an FL integration) attacked instead of a simulated one
+    observed_update: str | None = None
+    # semantic labelling of the reconstructions
+    labeler: str = "none"  # "clip" | "classifier" | "none"
+    clip_model: str = "openai/clip-vit-base-patch32"
+    prompts: str | None = None  # a prompt-set name ("default", "ensemble") or a file of templates
+    class_names: str | None = None  # a file of class names (open vocabulary); default: the dataset's
+    classifier_steps: int = 300  # training steps of the attacker's auxiliary classifier (public data)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -71,6 +79,7 @@ class AttackResult:
     originals: torch.Tensor | None
     reconstruction: torch.Tensor
     class_names: list[str] = field(default_factory=list)
+    semantic: Any = None  # gradleak.semantic.SemanticLabels when a labeller ran
 
 
 def inversion_config(cfg: AttackConfig):
@@ -111,29 +120,20 @@ def prepare_client(cfg: AttackConfig, progress: bool = False):
     return data, model, x, y, idx
 
 
-def run_attack(cfg: AttackConfig, out_dir: str | Path | None = None, progress: bool = True) -> AttackResult:
-    """Simulate the client, observe its update under the threat model, attack it, evaluate it."""
+@dataclass
+class AttackOutcome:
+    """What the attacker recovered from one observation (no ground truth involved)."""
+
+    labels: torch.Tensor
+    label_method: str
+    reconstruction: "Reconstruction"  # noqa: F821
+    seconds: float
+
+
+def attack_observation(obs: Observation, cfg: AttackConfig, progress: bool = True) -> AttackOutcome:
+    """The attacker's side: labels (granted, or recovered from the gradient), then images."""
     from .attacks.inversion import invert
     from .attacks.labels import recover_labels
-    from .metrics import evaluate_images, label_accuracy, random_baseline
-
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    data, model, x, y, _ = prepare_client(cfg, progress)
-
-    # The client: computes its update from the private batch.
-    update = simulate_client(
-        model, x, y,
-        UpdateConfig(cfg.update, cfg.local_steps, cfg.local_lr, cfg.local_batch_size),
-        data.mean, data.std,
-    )
-    # The server: sees only what the threat model grants.
-    threat = ThreatModel(knows_labels=cfg.knows_labels, knows_bn_stats=cfg.knows_bn_stats,
-                         knows_local_schedule=cfg.knows_local_schedule)
-    obs = threat.observe(model, update, data.input_shape, data.num_classes, data.mean, data.std,
-                         batch_size=x.shape[0], labels=y, class_names=data.class_names)
 
     started = time.perf_counter()
     if obs.labels is not None:
@@ -141,17 +141,22 @@ def run_attack(cfg: AttackConfig, out_dir: str | Path | None = None, progress: b
     else:
         estimate = recover_labels(obs) if cfg.labels == "auto" else recover_labels(obs, cfg.labels)
         labels, label_method = estimate.labels, estimate.method
-    inv_cfg = inversion_config(cfg)
-    recon = invert(obs, labels, inv_cfg, progress=progress)
-    seconds = time.perf_counter() - started
+    recon = invert(obs, labels, inversion_config(cfg), progress=progress)
+    return AttackOutcome(labels, label_method, recon, time.perf_counter() - started)
 
+
+def evaluate_outcome(outcome: AttackOutcome, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """Score an outcome against the private batch (only the evaluator ever sees it)."""
+    from .metrics import evaluate_images, label_accuracy, random_baseline
+
+    recon = outcome.reconstruction
     ev = evaluate_images(recon.images, x)
-    summary: dict[str, Any] = {
+    return {
         "true_labels": y.tolist(),
-        "recovered_labels": labels.tolist(),
-        "label_method": label_method,
-        "label_accuracy": label_accuracy(labels, y),
-        "label_random_baseline": random_baseline(y, data.num_classes),
+        "recovered_labels": outcome.labels.tolist(),
+        "label_method": outcome.label_method,
+        "label_accuracy": label_accuracy(outcome.labels, y),
+        "label_random_baseline": random_baseline(y, num_classes),
         "ssim": ev.ssim,
         "psnr": ev.psnr,
         "assignment": ev.assignment,
@@ -160,16 +165,162 @@ def run_attack(cfg: AttackConfig, out_dir: str | Path | None = None, progress: b
         "matching_loss": recon.matching_loss,
         "restart_losses": recon.restart_losses,
         "iterations": recon.iterations,
-        "seconds": seconds,
+        "seconds": outcome.seconds,
         "seconds_per_iteration": recon.seconds / (recon.iterations * len(recon.restart_losses)),
-        "class_names": data.class_names,
-        "config": cfg.to_dict(),
-        "inversion": inv_cfg.to_dict(),
     }
-    result = AttackResult(summary, x, recon.images, data.class_names)
+
+
+def run_attack(
+    cfg: AttackConfig,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    save_update_to: str | Path | None = None,
+) -> AttackResult:
+    """Simulate the client, observe its update under the threat model, attack it, evaluate it."""
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    data, model, x, y, _ = prepare_client(cfg, progress)
+
+    # The client: computes its update from the private batch (or a recorded update is replayed).
+    if cfg.observed_update:
+        update = load_update(cfg.observed_update)
+    else:
+        update = simulate_client(
+            model, x, y,
+            UpdateConfig(cfg.update, cfg.local_steps, cfg.local_lr, cfg.local_batch_size),
+            data.mean, data.std,
+        )
+    if save_update_to is not None:
+        save_update(update, save_update_to)
+    # The server: sees only what the threat model grants.
+    obs = threat_model(cfg).observe(model, update, data.input_shape, data.num_classes, data.mean, data.std,
+                                    batch_size=x.shape[0], labels=y, class_names=data.class_names)
+    outcome = attack_observation(obs, cfg, progress)
+    summary = evaluate_outcome(outcome, x, y, data.num_classes)
+    summary.update(class_names=data.class_names, config=cfg.to_dict(), inversion=inversion_config(cfg).to_dict())
+    semantic = None
+    if cfg.labeler != "none":
+        labeller, names = build_semantic_labeller(cfg, data)
+        semantic = label_reconstructions(labeller, outcome, names, data.num_classes)
+        summary.update(evaluate_semantics(labeller, semantic, x, y, data.class_names, summary["assignment"]))
+        summary["semantic_table"] = semantic.to_dict()
+    result = AttackResult(summary, x, outcome.reconstruction.images, data.class_names, semantic)
     if out is not None:
         write_outputs(result, out)
     return result
+
+
+def threat_model(cfg: AttackConfig) -> ThreatModel:
+    return ThreatModel(knows_labels=cfg.knows_labels, knows_bn_stats=cfg.knows_bn_stats,
+                       knows_local_schedule=cfg.knows_local_schedule)
+
+
+def save_update(update: ClientUpdate, path: str | Path) -> None:
+    """Save an update as a plain tensor file (loadable with ``torch.load(weights_only=True)``)."""
+    payload = {"kind": update.kind, "names": update.names, "tensors": update.tensors,
+               "local_steps": update.local_steps, "lr": update.lr, "local_batch_size": update.local_batch_size}
+    torch.save(payload, path)
+
+
+def load_update(path: str | Path) -> ClientUpdate:
+    """Load an update saved by :func:`save_update`; tensors only, no code is unpickled."""
+    try:
+        payload = torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise UpdateError(f"observed update file not found: {path}") from None
+    except Exception as exc:  # torch raises several types for unreadable or unsafe files
+        raise UpdateError(f"cannot read observed update {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("tensors"), (list, tuple)):
+        raise UpdateError(f"{path} is not a gradleak update file (expected a dict with a 'tensors' list)")
+    tensors = list(payload["tensors"])
+    names = list(payload.get("names") or [f"param{i}" for i in range(len(tensors))])
+    kind = payload.get("kind", "fedsgd")
+    if kind not in ("fedsgd", "fedavg"):
+        raise UpdateError(f"{path}: unknown update kind {kind!r}")
+    return ClientUpdate(kind, names, tensors, int(payload.get("local_steps") or 1), payload.get("lr"),
+                        payload.get("local_batch_size"))
+
+
+def public_split(split: str) -> str:
+    """The split the attacker may use as public data: the one the private batch is not drawn from."""
+    return "train" if split == "test" else "test"
+
+
+def build_semantic_labeller(cfg: AttackConfig, data):
+    """The labeller the attacker uses, and the class-name vocabulary it labels with."""
+    from .data import load_dataset
+    from .semantic import build_labeller, load_class_names
+
+    names = load_class_names(cfg.class_names) if cfg.class_names else list(data.class_names)
+    if cfg.labeler == "clip":
+        return build_labeller("clip", model=cfg.clip_model, templates=cfg.prompts), names
+    if cfg.labeler == "classifier":
+        public = load_dataset(cfg.dataset, public_split(cfg.split), cfg.data_dir)
+        labeller = build_labeller("classifier", images=public.images, labels=public.labels,
+                                  class_names=public.class_names, steps=cfg.classifier_steps, seed=cfg.seed)
+        return labeller, names
+    return build_labeller(cfg.labeler), names
+
+
+def label_reconstructions(labeller, outcome: AttackOutcome, names: list[str], num_outputs: int):
+    """The attacker names its reconstructions; when the recovered output indices coincide with
+    the vocabulary (same size), their counts constrain the assignment."""
+    from .semantic import label_images
+
+    counts = None
+    if len(names) == num_outputs:
+        counts = torch.bincount(outcome.labels.long(), minlength=num_outputs).tolist()
+    semantic = label_images(labeller, outcome.reconstruction.images, names, counts)
+    restarts = outcome.reconstruction.restart_images
+    if len(restarts) > 1:
+        from .semantic import aggregate_probabilities, align_rounds, constrained_assignment
+
+        tables = [labeller.probabilities(img, names) for img in restarts]
+        # Align every restart to the kept one (row order of `semantic`).
+        best = restarts.index(next(r for r in restarts if r is outcome.reconstruction.images))
+        order = [best] + [i for i in range(len(restarts)) if i != best]
+        aligned = align_rounds([restarts[i] for i in order], [tables[i] for i in order])
+        agg = aggregate_probabilities(aligned)
+        semantic.aggregated = (
+            constrained_assignment(agg.clamp_min(1e-12).log(), counts) if counts is not None
+            else agg.argmax(dim=1).tolist()
+        )
+    return semantic
+
+
+def _name_ids(names: list[str], vocabulary: dict[str, int]) -> list[int]:
+    # Names outside the dataset's classes get fresh ids, so they never count as correct.
+    return [vocabulary.setdefault(n, len(vocabulary)) for n in names]
+
+
+def evaluate_semantics(labeller, semantic, x: torch.Tensor, y: torch.Tensor, true_names: list[str],
+                       assignment: list[int]) -> dict[str, Any]:
+    """Semantic accuracy by class *name*, order-free and under the image matching; the labeller
+    on the originals is the upper bound."""
+    from .metrics import label_accuracy, matched_label_accuracy, random_baseline
+
+    vocab = {n: i for i, n in enumerate(true_names)}
+    truth = [int(t) for t in y]
+    pred = _name_ids(semantic.names(), vocab)
+    top1 = _name_ids([semantic.class_names[i] for i in semantic.top1], vocab)
+    original = labeller.probabilities(x, semantic.class_names).argmax(dim=1).tolist()
+    original_ids = _name_ids([semantic.class_names[i] for i in original], vocab)
+    out = {
+        "semantic_labels": semantic.names(),
+        "semantic_accuracy": label_accuracy(pred, truth),
+        "semantic_accuracy_top1": label_accuracy(top1, truth),
+        "semantic_matched_accuracy": matched_label_accuracy(pred, truth, assignment),
+        "semantic_random_baseline": random_baseline(truth, len(semantic.class_names)),
+        "original_semantic_accuracy": label_accuracy(original_ids, truth),
+        "original_semantic_labels": [semantic.class_names[i] for i in original],
+    }
+    aggregated = getattr(semantic, "aggregated", None)
+    if aggregated is not None:
+        agg_ids = _name_ids([semantic.class_names[i] for i in aggregated], vocab)
+        out["semantic_accuracy_aggregated"] = label_accuracy(agg_ids, truth)
+    return out
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
@@ -194,4 +345,8 @@ def write_outputs(result: AttackResult, out: Path) -> None:
         bottom[j] = f"{names[s['recovered_labels'][i]]} {s['per_image_ssim'][i]:.2f}"
     save_grid(out / "grid.png", [result.originals, recon], [top, bottom],
               row_titles=["original", "reconstruction"])
+    if result.semantic is not None:
+        from .viz import save_probability_table
+
+        save_probability_table(out / "probabilities.png", result.semantic.probabilities, result.semantic.class_names)
     write_json(out / "result.json", s)

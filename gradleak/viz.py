@@ -57,3 +57,27 @@ def save_grid(
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def save_probability_table(path: str | Path, probabilities: torch.Tensor, class_names: Sequence[str]) -> Path:
+    """Heatmap of a labeller's table: one row per reconstruction ("Label_i"), one column per name."""
+    path = Path(path)
+    p = probabilities.detach().float().cpu().numpy()
+    n, c = p.shape
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.7 * c + 1.5), max(2.0, 0.45 * n + 1.2)))
+    im = ax.imshow(p, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xticks(range(c), list(class_names), rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), [f"Label_{i}" for i in range(n)], fontsize=8)
+    for i in range(n):
+        for j in range(c):
+            if c <= 20 and n <= 32:
+                ax.text(j, i, f"{p[i, j]:.2f}", ha="center", va="center", fontsize=6,
+                        color="white" if p[i, j] < 0.6 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.04, label="probability")
+    ax.set_title("labeller probabilities of the reconstructions")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

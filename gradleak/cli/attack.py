@@ -44,6 +44,18 @@ def attack_options(f):
         click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=_D.precision, show_default=True,
                      help="Autocast precision of the matching loss."),
         click.option("--seed", type=int, default=_D.seed, show_default=True),
+        click.option("--labeler", type=click.Choice(["clip", "classifier", "none"]), default="none", show_default=True,
+                     help="Name the reconstructions: CLIP zero-shot, an auxiliary classifier trained on public data, or not."),
+        click.option("--clip-model", default=_D.clip_model, show_default=True,
+                     help="CLIP weights: a Hugging Face hub id or a local folder."),
+        click.option("--prompts", default=None,
+                     help="Prompt templates: 'default', 'ensemble', or a file with one template per line containing {c}."),
+        click.option("--class-names", default=None, type=click.Path(dir_okay=False),
+                     help="File of class names, one per line (default: the dataset's)."),
+        click.option("--classifier-steps", type=int, default=_D.classifier_steps, show_default=True,
+                     help="Training steps of the auxiliary classifier (labeler=classifier)."),
+        click.option("--observed-update", type=click.Path(), default=None,
+                     help="Attack this recorded update (a file from --save-update) instead of a simulated one."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -62,13 +74,18 @@ def config_from_cli(ctx: click.Context, params: dict, config_file: str | None) -
 @click.option("--config", "config_file", type=click.Path(), default=None,
               help="YAML file of options; flags given on the command line win.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="runs/attack", show_default=True)
+@click.option("--save-update", type=click.Path(dir_okay=False), default=None,
+              help="Also save the client's update to this file (replay it with --observed-update).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar, only the summary line.")
 @click.pass_context
-def attack(ctx: click.Context, config_file, out, quiet, **params) -> None:
+def attack(ctx: click.Context, config_file, out, save_update, quiet, **params) -> None:
     """Attack one simulated client: reconstruct its images and labels from its update."""
     cfg = config_from_cli(ctx, params, config_file)
-    result = run_attack(cfg, out, progress=not quiet)
+    result = run_attack(cfg, out, progress=not quiet, save_update_to=save_update)
     s = result.summary
+    if "semantic_accuracy" in s:
+        click.echo(f"semantic labels {s['semantic_labels']}: accuracy {s['semantic_accuracy']:.2f} "
+                   f"(originals {s['original_semantic_accuracy']:.2f}, random {s['semantic_random_baseline']:.2f})")
     click.echo(
         f"labels {s['label_accuracy']:.2f} (random {s['label_random_baseline']:.2f})  "
         f"SSIM {s['ssim']:.3f}  PSNR {s['psnr']:.2f} dB  "

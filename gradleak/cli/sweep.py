@@ -1,0 +1,61 @@
+"""``gradleak sweep`` (a grid of attacks into a resumable store) and ``gradleak report`` (plots + HTML)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from . import cli
+
+
+@cli.command()
+@click.argument("experiment", type=click.Path(dir_okay=False))
+@click.option("--out", "-o", type=click.Path(file_okay=False), default=None,
+              help="Results folder (store, run artefacts, report). Default: runs/<experiment name>.")
+@click.option("--workers", "-j", type=int, default=1, show_default=True,
+              help="Runs at a time (local: processes; ray: CPUs of the local Ray instance).")
+@click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where runs execute; ray needs the 'ray' extra.")
+@click.option("--address", default=None,
+              help="Ray cluster address (e.g. ray://head:10001 or auto); default: start a local Ray instance.")
+@click.option("--report/--no-report", "make_report", default=False, show_default=True,
+              help="Write DIR/report.html when the sweep ends.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def sweep(experiment, out, workers, backend, address, make_report, quiet) -> None:
+    """Run every attack of EXPERIMENT.yaml (base: options, grid: option → values) not yet done in --out.
+
+    Rerunning skips finished runs and retries failed ones; a killed sweep loses only the runs in flight.
+    """
+    from ..experiments import load_experiment, run_sweep
+
+    exp = load_experiment(experiment)
+    out_dir = Path(out) if out else Path("runs") / exp.name
+    summary = run_sweep(exp, out_dir, workers=workers, backend=backend, address=address,
+                        progress=not quiet, echo=click.echo)
+    click.echo(f"{summary.done} run(s) finished, {summary.failed} failed, {summary.skipped} skipped "
+               f"→ {out_dir}/results.sqlite, {out_dir}/runs/")
+    if make_report:
+        _report(out_dir)
+    else:
+        click.echo(f"report: gradleak report {out_dir}")
+    if summary.failed:
+        click.echo(f"gradleak: {summary.failed} run(s) failed (errors in the store; rerun to retry them)", err=True)
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+def report(directory) -> None:
+    """Write DIRECTORY/report.html (self-contained) and PNG plots from a sweep's results."""
+    _report(Path(directory))
+
+
+def _report(directory: Path) -> None:
+    from ..experiments import build_report
+
+    rep = build_report(directory)
+    click.echo(f"{rep.runs} done run(s), {rep.failed} failed → {rep.html}")
+    for claim in rep.claims:
+        click.echo(f"  [{claim.verdict}] {claim.text} {claim.evidence}")
