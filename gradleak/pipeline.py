@@ -33,6 +33,7 @@ class AttackConfig:
     trained_steps: int = 0
     batch_size: int = 4
     # client update
+    client_mode: str = "eval"  # BN in "eval" (running statistics, as in IG's experiments) or "train" mode
     update: str = "fedsgd"
     local_steps: int = 1
     local_lr: float = 0.1
@@ -102,6 +103,13 @@ def inversion_config(cfg: AttackConfig):
     )
 
 
+def set_client_mode(model, mode: str) -> None:
+    """The mode the client computes its update in; the server knows it (it ships the training code)."""
+    if mode not in ("train", "eval"):
+        raise ConfigError(f"unknown client mode {mode!r}; choose train or eval")
+    model.train(mode == "train")
+
+
 def prepare_client(cfg: AttackConfig, progress: bool = False):
     """Load data, build (and optionally train) the victim, and draw the private batch."""
     from .data import load_dataset
@@ -114,7 +122,7 @@ def prepare_client(cfg: AttackConfig, progress: bool = False):
         public = load_dataset(cfg.dataset, "train", cfg.data_dir)
         train_victim(model, public.images, public.labels, cfg.trained_steps, data.mean, data.std,
                      seed=cfg.seed, progress=progress)
-    model.train()
+    set_client_mode(model, cfg.client_mode)
     gen = torch.Generator().manual_seed(cfg.seed)
     x, y, idx = data.sample_batch(cfg.batch_size, gen)
     return data, model, x, y, idx

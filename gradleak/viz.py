@@ -81,3 +81,29 @@ def save_probability_table(path: str | Path, probabilities: torch.Tensor, class_
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def save_rounds_plot(path: str | Path, rows: Sequence[dict]) -> Path:
+    """Per-round vs aggregated semantic accuracy and label-map accuracy over rounds."""
+    path = Path(path)
+    r = [row["round"] for row in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for key, label, style in [
+        ("semantic_accuracy", "semantic, this round", "o-"),
+        ("aggregated_semantic_accuracy", "semantic, aggregated over rounds", "s-"),
+        ("label_map_accuracy", "label map (index → name)", "^-"),
+        ("original_semantic_accuracy", "labeller on originals", ":"),
+        ("random_baseline", "random", "--"),
+    ]:
+        ax.plot(r, [row[key] for row in rows], style, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("semantic label recovery across rounds")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

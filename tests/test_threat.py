@@ -57,18 +57,22 @@ def test_observation_withholds_what_is_not_granted():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.fill_(0.3)
     upd = simulate_client(model, x, y)
+    assert upd.bn_stats is not None and len(upd.bn_stats) == 8
     obs = ThreatModel().observe(model, upd, (1, 8, 8), 10, labels=y, batch_size=3, class_names=list("abcdefghij"))
     assert obs.labels is None and obs.batch_size == 3 and obs.class_names is not None
-    assert not obs.bn_stats_known
+    assert obs.bn_stats is None and obs.update.bn_stats is None  # the batch's statistics are withheld
+    # The server's own buffers (it sent them) stay, so the attacker computes the client's function.
     bn = [m for m in obs.model.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert all(torch.all(m.running_mean == 0) for m in bn)
-    assert obs.model is not model
+    assert all(torch.all(m.running_mean == 0.3) for m in bn)
+    assert obs.model is not model and obs.model.training == model.training
     obs2 = ThreatModel(knows_labels=True, knows_bn_stats=True, knows_batch_size=False,
                        knows_class_names=False).observe(model, upd, (1, 8, 8), 10, labels=y, batch_size=3,
                                                         class_names=list("abcdefghij"))
     assert torch.equal(obs2.labels, y) and obs2.batch_size is None and obs2.class_names is None
-    bn2 = [m for m in obs2.model.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert all(torch.all(m.running_mean == 0.3) for m in bn2)
+    assert obs2.bn_stats is not None and len(obs2.bn_stats) == 8
+    # first BN layer's granted mean is the batch mean of the first conv's output
+    conv_out = model.features[0](x)
+    torch.testing.assert_close(obs2.bn_stats[0][0], conv_out.mean((0, 2, 3)), rtol=1e-4, atol=1e-6)
     # The observation carries no field holding the private images.
     assert not any(isinstance(v, torch.Tensor) and v.shape == x.shape for v in vars(obs2).values())
 

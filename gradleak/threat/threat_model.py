@@ -21,7 +21,7 @@ class ThreatModel:
 
     knows_batch_size: bool = True
     knows_labels: bool = False
-    knows_bn_stats: bool = False
+    knows_bn_stats: bool = False  # the BN statistics of the client's batch (clients returning BN buffers)
     knows_class_names: bool = True
     knows_local_schedule: bool = True  # FedAvg: the client's lr and number of local steps
 
@@ -39,13 +39,15 @@ class ThreatModel:
     ) -> "Observation":
         """Hand the attacker what this threat model grants; everything else is withheld."""
         update.validate(model)
+        # The server sent θ and the BN buffers itself, and the client's train/eval mode is part of
+        # the shared training code: the attacker's copy computes exactly the client's function.
         attacker_model = copy.deepcopy(model)
-        if not self.knows_bn_stats:
-            for m in attacker_model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-                    m.reset_running_stats()
+        batch_stats = update.bn_stats if self.knows_bn_stats else None
         if not self.knows_local_schedule and update.kind == "fedavg":
             update = ClientUpdate(update.kind, list(update.names), list(update.tensors), 1, None, None)
+        else:
+            update = ClientUpdate(update.kind, list(update.names), list(update.tensors), update.local_steps,
+                                  update.lr, update.local_batch_size)
         return Observation(
             model=attacker_model,
             update=update,
@@ -56,7 +58,7 @@ class ThreatModel:
             batch_size=batch_size if self.knows_batch_size else None,
             labels=labels.clone() if (self.knows_labels and labels is not None) else None,
             class_names=list(class_names) if (self.knows_class_names and class_names is not None) else None,
-            bn_stats_known=self.knows_bn_stats,
+            bn_stats=batch_stats,
         )
 
 
@@ -64,7 +66,8 @@ class ThreatModel:
 class Observation:
     """Everything an attack may use. Built by :meth:`ThreatModel.observe`; never holds the private batch.
 
-    ``model`` carries θ (and BN running statistics only when granted). Images live in pixel
+    ``model`` carries θ and the BN buffers the server sent, in the client's train/eval mode.
+    ``bn_stats`` holds the client batch's BN statistics only when granted. Images live in pixel
     space [0, 1]; the model sees ``(x − mean) / std``.
     """
 
@@ -77,7 +80,7 @@ class Observation:
     batch_size: int | None = None
     labels: torch.Tensor | None = None
     class_names: list[str] | None = None
-    bn_stats_known: bool = False
+    bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def gradient(self) -> list[torch.Tensor]:
         """The observed update read as a gradient (see :meth:`ClientUpdate.as_gradient`)."""

@@ -28,6 +28,9 @@ class ClientUpdate:
     local_steps: int = 1
     lr: float | None = None
     local_batch_size: int | None = None
+    # Per BN layer, (mean, biased var) of its input on the client's (first) batch: what a client
+    # that returns its updated BN buffers reveals. Only a threat model granting it passes it on.
+    bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def as_gradient(self, lr: float | None = None, local_steps: int | None = None) -> list[torch.Tensor]:
         """The update read as a gradient: itself for FedSGD, ``−Δ / (K η)`` for FedAvg.
@@ -86,6 +89,26 @@ def fedsgd_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean=Non
     return [g.detach() for g in torch.autograd.grad(loss, params)]
 
 
+def batch_bn_stats(model: nn.Module, x: torch.Tensor, mean=None, std=None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(mean, biased variance) of every BatchNorm layer's input for batch ``x``."""
+    stats: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def hook(_module, inputs, _output):
+        h = inputs[0].detach()
+        dims = [0] + list(range(2, h.dim()))
+        stats.append((h.mean(dims), h.var(dims, unbiased=False)))
+
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    handles = [m.register_forward_hook(hook) for m in layers]
+    try:
+        with torch.no_grad():
+            model(_normalize(x, mean, std))
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
 def simulate_client(
     model: nn.Module,
     x: torch.Tensor,
@@ -105,8 +128,10 @@ def simulate_client(
         raise UpdateError(f"unknown update kind {config.kind!r}; choose fedsgd or fedavg")
     # The client trains its own copy: BN running statistics of the server's model stay as sent.
     local = copy.deepcopy(model)
+    first = x if not config.local_batch_size else x[: config.local_batch_size]
+    bn_stats = batch_bn_stats(copy.deepcopy(model), first, mean, std) or None
     if config.kind == "fedsgd":
-        return ClientUpdate("fedsgd", names, fedsgd_gradient(local, x, y, mean, std))
+        return ClientUpdate("fedsgd", names, fedsgd_gradient(local, x, y, mean, std), bn_stats=bn_stats)
     start = [p.detach().clone() for p in local.parameters()]
     n = x.shape[0]
     mb = config.local_batch_size or n
@@ -124,4 +149,4 @@ def simulate_client(
             for p, g in zip(local.parameters(), grads):
                 p.sub_(config.lr * g)
     delta = [(p.detach() - s) for p, s in zip(local.parameters(), start)]
-    return ClientUpdate("fedavg", names, delta, config.local_steps, config.lr, config.local_batch_size)
+    return ClientUpdate("fedavg", names, delta, config.local_steps, config.lr, config.local_batch_size, bn_stats)

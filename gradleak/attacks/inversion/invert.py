@@ -33,7 +33,7 @@ class InversionConfig:
     optimizer: str = "adam"  # "adam" | "lbfgs"
     iterations: int = 1000
     restarts: int = 1
-    lr: float = 0.1
+    lr: float = 0.1  # step size in normalised-input units (as in IG); pixel steps are lr × mean(std)
     signed: bool = True  # sign of the pixel gradient (IG)
     lr_decay: bool = True  # ×0.1 at 3/8, 5/8, 7/8 of the budget (IG)
     boxed: bool = True  # keep pixels in [0, 1]
@@ -169,7 +169,10 @@ def _optimise(matcher: GradientMatcher, x0: torch.Tensor, config: InversionConfi
     history: list[tuple[int, float]] = []
     log_every = max(1, config.iterations // 50)
     if config.optimizer == "adam":
-        opt = torch.optim.Adam([x], lr=config.lr)
+        # IG optimises normalised inputs; in pixel space the same step is lr × std.
+        std = matcher.obs.std
+        scale = sum(std) / len(std) if std else 1.0
+        opt = torch.optim.Adam([x], lr=config.lr * scale)
         sched = (
             torch.optim.lr_scheduler.MultiStepLR(opt, _step_milestones(config.iterations), gamma=0.1)
             if config.lr_decay

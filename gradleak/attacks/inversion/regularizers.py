@@ -47,16 +47,22 @@ class BatchNormStatistics:
     """BN-statistics prior (Yin et al., "See through Gradients", CVPR 2021):
     ``Σ_l ||μ_l(x') − μ_l^run||₂ + ||σ²_l(x') − σ²_l^run||₂`` over BatchNorm layers.
 
-    Reads the statistics of each BN layer's input during the forward pass through hooks, and
-    needs the running statistics, which only a threat model granting them provides.
+    Reads the statistics of each BN layer's input during the forward pass through hooks. The
+    targets are the client batch's own statistics when the threat model grants them, else the
+    global model's running statistics (Yin et al.'s prior; informative only for a trained model).
     """
 
     def __init__(self, observation: Observation, model: nn.Module, **_):
-        if not observation.bn_stats_known:
-            raise ConfigError("the bn_stats prior needs BN running statistics, which the threat model does not grant")
         self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not self.layers:
             raise ConfigError("the bn_stats prior needs a model with BatchNorm layers")
+        if observation.bn_stats is not None:
+            if len(observation.bn_stats) != len(self.layers):
+                raise ConfigError(f"{len(observation.bn_stats)} granted BN statistics for {len(self.layers)} BN layers")
+            self.targets = [(m.float(), v.float()) for m, v in observation.bn_stats]
+        else:
+            self.targets = [(m.running_mean.detach().clone(), m.running_var.detach().clone()) for m in self.layers]
+        self._index = {id(m): i for i, m in enumerate(self.layers)}
         self._terms: list[torch.Tensor] = []
         for layer in self.layers:
             layer.momentum = 0.0  # the attacker's train-mode forwards must not drift the granted statistics
@@ -67,9 +73,8 @@ class BatchNormStatistics:
         dims = [0] + list(range(2, x.dim()))
         mean = x.mean(dims)
         var = x.var(dims, unbiased=False)
-        self._terms.append(
-            torch.linalg.vector_norm(mean - module.running_mean) + torch.linalg.vector_norm(var - module.running_var)
-        )
+        target_mean, target_var = self.targets[self._index[id(module)]]
+        self._terms.append(torch.linalg.vector_norm(mean - target_mean) + torch.linalg.vector_norm(var - target_var))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # The hooks have collected one term per BN layer during the latest forward pass.

@@ -1,0 +1,67 @@
+"""An ordinary PyTorch client: local SGD on its private batch, weights back to the server.
+
+Nothing here knows about gradleak's attack. The one demo-only line writes the private batch
+to ``truth-dir`` so that the evaluator can score what the server recovered.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from gradleak.integrations.flower import write_ground_truth
+
+from .task import client_batch, normalize, task_spec
+
+app = ClientApp()
+
+
+def _partition(context: Context) -> tuple[int, int]:
+    return int(context.node_config.get("partition-id", 0)), int(context.node_config.get("num-partitions", 1))
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    rc = context.run_config
+    spec = task_spec(rc)
+    model = spec.build_model()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    config = msg.content["config"]
+    server_round, lr, steps = int(config["server-round"]), float(config["lr"]), int(config["local-steps"])
+    pid, parts = _partition(context)
+    x, y = client_batch(str(rc["dataset"]), pid, parts, server_round, int(rc["batch-size"]), int(rc["seed"]),
+                        str(rc.get("data-dir") or "") or None)
+
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):  # every step on the whole batch: one step is FedSGD
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(normalize(x, spec)), y)
+        loss.backward()
+        opt.step()
+
+    if rc.get("truth-dir"):  # demo only: the evaluator's side channel, never the attacker's
+        write_ground_truth(str(rc["truth-dir"]), server_round, context.node_id, x, y)
+    content = RecordDict({
+        "arrays": ArrayRecord(model.state_dict()),
+        "metrics": MetricRecord({"train-loss": float(loss), "num-examples": len(x)}),
+    })
+    return Message(content=content, reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    rc = context.run_config
+    spec = task_spec(rc)
+    model = spec.build_model()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    pid, parts = _partition(context)
+    x, y = client_batch(str(rc["dataset"]), pid, parts, 0, 64, int(rc["seed"]),
+                        str(rc.get("data-dir") or "") or None, split="test")
+    model.eval()
+    with torch.no_grad():
+        logits = model(normalize(x, spec))
+    metrics = {"eval-loss": float(torch.nn.functional.cross_entropy(logits, y)),
+               "eval-acc": float((logits.argmax(1) == y).float().mean()), "num-examples": len(x)}
+    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
