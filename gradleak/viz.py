@@ -107,3 +107,28 @@ def save_rounds_plot(path: str | Path, rows: Sequence[dict]) -> Path:
     plt.close(fig)
     os.replace(tmp, path)
     return path
+
+
+def save_label_accuracy_plot(path: str | Path, summary: Sequence[dict]) -> Path:
+    """Mean order-free label accuracy vs batch size, one line per method, random baseline dashed."""
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    methods = list(dict.fromkeys(s["method"] for s in summary))
+    for m in methods:
+        pts = sorted((s["batch_size"], s["accuracy"]) for s in summary if s["method"] == m and s["accuracy"] is not None)
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m, markersize=3)
+    base = sorted({(s["batch_size"], s["random_baseline"]) for s in summary if s["method"] == methods[0]})
+    ax.plot([p[0] for p in base], [p[1] for p in base], "k--", label="random")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("order-free label accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=7)
+    ax.set_title("label recovery from gradients")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

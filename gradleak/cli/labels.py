@@ -1,0 +1,50 @@
+"""``gradleak labels``: analytic label recovery, every strategy × batch size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..attacks.labels.sweep import BATCH_SIZES, LabelSweepConfig, run_label_sweep, summarise, write_label_sweep
+from . import cli
+
+
+@cli.command()
+@click.option("--dataset", type=click.Choice(["digits", "cifar10"]), default="cifar10", show_default=True)
+@click.option("--data-dir", type=click.Path(), default=None)
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--model", type=click.Choice(["lenet", "convnet", "resnet18"]), default="convnet", show_default=True)
+@click.option("--width", type=int, default=None)
+@click.option("--batch-sizes", type=int, default=None,
+              help="Batch sizes, space separated: --batch-sizes 1 2 4 8 (default: 1 2 4 8 16 32 64 128).")
+@click.option("--trials", type=int, default=10, show_default=True)
+@click.option("--methods", default="all", show_default=True, help="all, or a comma-separated list of strategies.")
+@click.option("--trained-steps", type=int, default=0, show_default=True)
+@click.option("--client-mode", type=click.Choice(["train", "eval"]), default="train", show_default=True)
+@click.option("--update", type=click.Choice(["fedsgd", "fedavg"]), default="fedsgd", show_default=True)
+@click.option("--local-steps", type=int, default=1, show_default=True)
+@click.option("--local-lr", type=float, default=0.1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "-o", type=click.Path(file_okay=False), default="runs/labels", show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+@click.argument("extra_batch_sizes", nargs=-1, type=int)
+def labels(batch_sizes, extra_batch_sizes, methods, out, quiet, **params) -> None:
+    """Recover the labels of real batches from their gradients; table, labels.csv and labels.png."""
+    sizes = ([batch_sizes] if batch_sizes else []) + list(extra_batch_sizes) or list(BATCH_SIZES)
+    cfg = LabelSweepConfig(batch_sizes=sizes, methods=[m.strip() for m in methods.split(",")], **params)
+    rows = run_label_sweep(cfg, progress=not quiet)
+    write_label_sweep(rows, Path(out))
+    summary = summarise(rows)
+    names = list(dict.fromkeys(s["method"] for s in summary))
+    cell = {(s["method"], s["batch_size"]): s for s in summary}
+    click.echo("mean order-free accuracy / fraction exact ('-': method does not apply)")
+    click.echo(f"{'B':>4} {'random':>7} " + " ".join(f"{m:>12}" for m in names))
+    for b in sizes:
+        base = cell[(names[0], b)]["random_baseline"]
+        parts = []
+        for m in names:
+            s = cell[(m, b)]
+            parts.append(f"{s['accuracy']:.3f}/{s['exact']:.2f}" if s["accuracy"] is not None else "-")
+        click.echo(f"{b:>4} {base:>7.3f} " + " ".join(f"{p:>12}" for p in parts))
+    click.echo(f"→ {out}/labels.csv, {out}/labels.png")

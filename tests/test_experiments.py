@@ -1,0 +1,494 @@
+"""Sweeps: experiment parsing and job ids, the SQLite store, resume after failures and after a real
+SIGKILL, the process-pool and Ray backends, and the HTML report (checked in headless Chromium)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gradleak.errors import ConfigError, DataError, GradleakError
+from gradleak.experiments import (
+    Experiment,
+    JobOutcome,
+    ResultStore,
+    build_experiment,
+    build_report,
+    job_id,
+    load_experiment,
+    run_sweep,
+)
+from gradleak.experiments.report import HELD, NOT_HELD, NOT_MEASURED
+from gradleak.experiments.store import image_rows
+from gradleak.metrics import random_baseline
+from gradleak.pipeline import AttackConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# -- synthetic jobs: known metrics without running an attack ---------------------------------------
+
+
+def _tiny_png() -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    buf = io.BytesIO()
+    plt.imsave(buf, np.linspace(0, 1, 24 * 48).reshape(24, 48), format="png", cmap="gray")
+    return buf.getvalue()
+
+
+def synthetic_summary(config: dict, extra: dict | None = None) -> dict:
+    """A run summary whose numbers are a known function of the config (SSIM falls with B)."""
+    b, seed = config["batch_size"], config["seed"]
+    true = [(seed + i) % 10 for i in range(b)]
+    assignment = list(reversed(range(b)))
+    per_image = [0.9 / b + 0.01 * i for i in range(b)]
+    return {
+        "true_labels": true,
+        "recovered_labels": [true[assignment[i]] for i in range(b)],
+        "label_method": "ilrg",
+        "label_accuracy": 1.0,
+        "label_random_baseline": random_baseline(true, 10),
+        "ssim": sum(per_image) / b,
+        "psnr": 20.0 - b,
+        "assignment": assignment,
+        "per_image_ssim": per_image,
+        "per_image_psnr": [20.0 - b] * b,
+        "seconds": 0.5,
+        "config": config,
+        **(extra or {}),
+    }
+
+
+CALLS: list[str] = []
+
+
+def counting_job(job_id_: str, config: dict, threads: int | None) -> JobOutcome:
+    CALLS.append(job_id_)
+    return JobOutcome(job_id_, summary=synthetic_summary(config), artefacts={"grid.png": _tiny_png()})
+
+
+def failing_for_seed_1(job_id_: str, config: dict, threads: int | None) -> JobOutcome:
+    if config["seed"] == 1:
+        CALLS.append(job_id_)
+        raise RuntimeError("synthetic failure\nsecond line")
+    return counting_job(job_id_, config, threads)
+
+
+def threads_job(job_id_: str, config: dict, threads: int | None) -> JobOutcome:
+    """Runs in a spawned worker: reports its pid and the thread budget it was given."""
+    return JobOutcome(job_id_, summary=synthetic_summary(config, {"pid": os.getpid(), "threads": threads}))
+
+
+def experiment(grid: dict, **base) -> Experiment:
+    return build_experiment({"name": "t", "base": {"dataset": "digits", "model": "lenet", **base}, "grid": grid})
+
+
+# -- experiment files and job ids -------------------------------------------------------------------
+
+
+def test_job_id_is_a_hash_of_the_sorted_non_default_fields():
+    cfg = AttackConfig(batch_size=2, seed=3, tv=0.0)
+    canonical = json.dumps({"batch_size": 2, "seed": 3, "tv": 0.0}, sort_keys=True, separators=(",", ":"))
+    assert job_id(cfg) == hashlib.sha256(canonical.encode()).hexdigest()[:12]
+    # Key order and a round trip do not matter; every field does.
+    reordered = dict(reversed(list(cfg.to_dict().items())))
+    assert job_id(AttackConfig.from_dict(reordered)) == job_id(cfg)
+    assert job_id(AttackConfig(batch_size=2, seed=4, tv=0.0)) != job_id(cfg)
+    assert job_id(AttackConfig(batch_size=2, seed=3, tv=0.0, iterations=1000)) != job_id(cfg)
+    assert job_id(AttackConfig(tv=0)) == job_id(AttackConfig(tv=0.0))  # one run, one id
+    assert job_id(AttackConfig(model="lenet")) == job_id(AttackConfig())  # a default spelled out
+
+
+def test_job_ids_survive_a_new_option_with_a_default():
+    @dataclass
+    class NewerConfig(AttackConfig):  # what a later gradleak version's config looks like
+        new_option: str = "off"
+
+    assert job_id(NewerConfig(batch_size=8, seed=1)) == job_id(AttackConfig(batch_size=8, seed=1))
+    assert job_id(NewerConfig(batch_size=8, seed=1, new_option="on")) != job_id(AttackConfig(batch_size=8, seed=1))
+
+
+def test_grid_expands_to_the_cartesian_product_over_base():
+    exp = experiment({"batch_size": [1, 2], "seed": [0, 1, 2]}, iterations=7, tv=0.0)
+    assert [(j.config.batch_size, j.config.seed) for j in exp.jobs] == [
+        (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
+    assert all(j.config.iterations == 7 and j.config.tv == 0.0 for j in exp.jobs)
+    assert len({j.id for j in exp.jobs}) == 6
+    assert build_experiment({"base": {"batch-size": 3}}).jobs[0].config.batch_size == 3  # no grid: one job
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"base": {"batch_sise": 2}}, "batch_sise"),
+    ({"grid": {"seeds": [0]}}, "seeds"),
+    ({"bsae": {}}, "bsae"),
+    ({"base": {"seed": 1}, "grid": {"seed": [0, 1]}}, "both in base and grid: seed"),
+    ({"grid": {"batch_size": []}}, "grid.batch_size must be a non-empty list"),
+    ({"grid": {"batch_size": 4}}, "grid.batch_size must be a non-empty list"),
+    ({"grid": {"seed": [0, 0]}}, "grid.seed lists a value twice"),
+    ({"grid": {"tv": [0, 0.0]}}, "the grid lists the same run twice"),
+    ({"base": {"batch_size": "four"}}, "batch_size must be int"),
+    ({"base": {"iterations": True}}, "iterations must be int or null"),
+    ({"grid": {"model": ["lenet", "lenett"]}}, "unknown model 'lenett'"),
+    ({"base": {"labels": "nope"}}, "unknown label strategy 'nope'"),
+])
+def test_bad_experiments_fail_before_running_with_the_problem_named(data, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_experiment(data)
+
+
+def test_relative_data_dir_resolves_against_the_yaml_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "e.yaml"
+    path.write_text("base: {dataset: cifar10, data_dir: ../data}\ngrid: {seed: [0, 1]}\n")
+    exp = load_experiment(path)
+    assert exp.name == "e"
+    assert {j.config.data_dir for j in exp.jobs} == {str((tmp_path / "data").resolve())}
+    with pytest.raises(ConfigError, match="not found"):
+        load_experiment(tmp_path / "missing.yaml")
+
+
+def test_shipped_experiments_parse():
+    small = load_experiment(REPO_ROOT / "experiments" / "seed_claims_small.yaml")
+    full = load_experiment(REPO_ROOT / "experiments" / "seed_claims.yaml")
+    assert {1, 2, 4, 8} <= {j.config.batch_size for j in small.jobs}
+    assert not any(j.config.knows_labels for j in small.jobs + full.jobs)
+    assert len(full.jobs) == 12 and Path(full.jobs[0].config.data_dir).is_absolute()
+
+
+# -- the store ----------------------------------------------------------------------------------------
+
+
+def test_store_round_trip_keeps_unknown_keys_and_maps_images_to_their_originals(tmp_path):
+    cfg = AttackConfig(batch_size=3, seed=1).to_dict()
+    summary = synthetic_summary(cfg, {"semantic_accuracy": 0.5, "guidance_mode": "oracle",
+                                      "per_image_semantic": [1, 0, 1], "matching_loss": float("nan")})
+    with ResultStore(tmp_path) as store:
+        store.record("abc", cfg, summary=summary, experiment="t")
+        (run,) = store.runs()
+        images = store.images("abc")
+        promoted = store.execute("SELECT batch_size, seed, model, ssim, label_accuracy, status FROM runs")
+    assert run.config == cfg and run.status == "done" and run.experiment == "t"
+    assert run.metrics["semantic_accuracy"] == 0.5 and run.metrics["guidance_mode"] == "oracle"
+    assert run.metrics["matching_loss"] is None  # NaN is not JSON: stored as null
+    assert "config" not in run.metrics
+    assert promoted == [(3, 1, "lenet", pytest.approx(summary["ssim"]), 1.0, "done")]
+    # assignment = [2, 1, 0]: reconstruction i shows original 2 - i, whose true label is true[2 - i].
+    assert [(r["idx"], r["original_idx"], r["true_label"]) for r in images] == [
+        (0, 2, summary["true_labels"][2]), (1, 1, summary["true_labels"][1]), (2, 0, summary["true_labels"][0])]
+    assert [r["ssim"] for r in images] == pytest.approx(summary["per_image_ssim"])
+    assert [r["extra"]["semantic"] for r in images] == [1, 0, 1]
+
+
+def test_store_rewrite_replaces_a_run_and_its_images(tmp_path):
+    cfg = AttackConfig(batch_size=4).to_dict()
+    with ResultStore(tmp_path) as store:
+        store.record("r1", cfg, error="RuntimeError: boom")
+        assert store.statuses() == {"r1": "failed"} and store.images() == []
+        store.record("r1", cfg, summary=synthetic_summary(cfg))
+        store.record("r1", cfg, summary=synthetic_summary(cfg))
+        assert store.execute("SELECT COUNT(*), status, error FROM runs") == [(1, "done", None)]
+        assert store.execute("SELECT COUNT(*) FROM images") == [(4,)]
+        smaller = synthetic_summary(AttackConfig(batch_size=2).to_dict())
+        store.record("r1", cfg, summary=smaller)
+        assert store.execute("SELECT COUNT(*) FROM images WHERE run_id = 'r1'") == [(2,)]
+        with pytest.raises(ValueError):
+            store.record("r2", cfg)
+    with pytest.raises(DataError, match="no results store"):
+        ResultStore(tmp_path / "elsewhere", create=False)
+
+
+def test_image_rows_tolerate_a_summary_without_per_image_numbers():
+    assert image_rows({"ssim": 0.3}) == []
+
+
+# -- sweeps: resume, failures, backends -------------------------------------------------------------
+
+
+def test_resume_skips_done_runs_and_retries_failed_ones(tmp_path):
+    exp = experiment({"batch_size": [1, 2], "seed": [0, 1]})
+    CALLS.clear()
+    first = run_sweep(exp, tmp_path, job_fn=failing_for_seed_1, progress=False)
+    assert (first.done, first.failed, first.skipped) == (2, 2, 0)
+    assert len(CALLS) == 4  # the sweep went on past the failures
+    with ResultStore(tmp_path) as store:
+        failed = store.runs(status="failed")
+    assert sorted(r.config["batch_size"] for r in failed) == [1, 2]
+    assert {r.error for r in failed} == {"RuntimeError: synthetic failure"}  # one line
+    assert all((tmp_path / "runs" / j.id / "grid.png").is_file() for j in exp.jobs if j.config.seed == 0)
+
+    CALLS.clear()
+    second = run_sweep(exp, tmp_path, job_fn=counting_job, progress=False)
+    assert (second.done, second.failed, second.skipped, second.retried) == (2, 0, 2, 2)
+    assert sorted(CALLS) == sorted(j.id for j in exp.jobs if j.config.seed == 1)
+
+    CALLS.clear()
+    third = run_sweep(exp, tmp_path, job_fn=counting_job, progress=False)
+    assert CALLS == [] and third.skipped == 4
+    with ResultStore(tmp_path) as store:
+        assert store.statuses() == {j.id: "done" for j in exp.jobs}
+
+
+def test_process_pool_backend_records_every_run_and_splits_the_cores(tmp_path):
+    exp = experiment({"batch_size": [1, 2], "seed": [0, 1]})
+    summary = run_sweep(exp, tmp_path, workers=2, job_fn=threads_job, progress=False)
+    assert (summary.done, summary.failed) == (4, 0)
+    with ResultStore(tmp_path) as store:
+        runs = store.runs()
+    from gradleak.experiments.runner import cpu_count
+
+    assert {r.metrics["threads"] for r in runs} == {max(1, cpu_count() // 2)}
+    assert os.getpid() not in {r.metrics["pid"] for r in runs}
+    assert sorted(r.id for r in runs) == sorted(j.id for j in exp.jobs)
+
+
+def test_ray_backend_without_ray_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
+    with pytest.raises(GradleakError, match=r"pip install 'gradleak\[ray\]'"):
+        run_sweep(experiment({"seed": [0]}), tmp_path / "out", backend="ray", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_backend_and_bad_workers_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown sweep backend 'slurm'"):
+        run_sweep(experiment({"seed": [0]}), tmp_path, backend="slurm")
+    with pytest.raises(ConfigError, match="--workers"):
+        run_sweep(experiment({"seed": [0]}), tmp_path, workers=0)
+    with pytest.raises(ConfigError, match="--address is for the ray backend"):
+        run_sweep(experiment({"seed": [0]}), tmp_path, address="auto")
+
+
+TINY_YAML = """
+name: tiny
+base: {dataset: digits, model: lenet, iterations: 15, tv: 0.0}
+grid: {batch_size: [1, 2], seed: [0, 1, 2, 3]}
+"""
+
+
+def _gradleak(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gradleak", *args]
+
+
+def _done_ids(store_path: Path) -> dict[str, float]:
+    if not store_path.is_file():
+        return {}
+    try:
+        with sqlite3.connect(store_path, timeout=5) as conn:
+            return dict(conn.execute("SELECT id, finished_at FROM runs WHERE status = 'done'"))
+    except sqlite3.OperationalError:  # tables not created yet
+        return {}
+
+
+def test_sigkilled_sweep_resumes_with_every_run_exactly_once(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY_YAML)
+    exp = load_experiment(tmp_path / "tiny.yaml")
+    out = tmp_path / "out"
+    store_path = out / "results.sqlite"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_gradleak("sweep", str(tmp_path / "tiny.yaml"), "--out", str(out), "-q"),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not _done_ids(store_path) and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"sweep ended before it could be killed: {proc.stderr.read().decode()[-500:]}"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    before = _done_ids(store_path)  # what the store held when the sweep died
+    assert 1 <= len(before) < len(exp.jobs)
+
+    resumed = subprocess.run(_gradleak("sweep", str(tmp_path / "tiny.yaml"), "--out", str(out), "-q"),
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-800:]
+    assert re.search(rf"{len(before)} done already \(skipped\)", resumed.stdout)
+    with sqlite3.connect(store_path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        rows = conn.execute("SELECT id, status, batch_size FROM runs").fetchall()
+        image_counts = dict(conn.execute("SELECT run_id, COUNT(*) FROM images GROUP BY run_id"))
+    assert sorted(r[0] for r in rows) == sorted(j.id for j in exp.jobs)  # each job exactly once
+    assert {r[1] for r in rows} == {"done"}
+    assert all(image_counts[rid] == b for rid, _, b in rows)
+    after = _done_ids(store_path)
+    assert all(after[rid] == t for rid, t in before.items())  # runs done before the kill were not redone
+
+
+@pytest.mark.slow
+def test_ray_sweep_matches_the_local_sweep(tmp_path):
+    pytest.importorskip("ray")
+    path = tmp_path / "two.yaml"
+    path.write_text("name: two\nbase: {dataset: digits, model: lenet, iterations: 10, tv: 0.0}\n"
+                    "grid: {batch_size: [1, 2]}\n")
+    ray_tmp = tempfile.mkdtemp(prefix="rt_", dir="/tmp")  # Ray's Unix sockets need a short path
+    try:
+        env = {**os.environ, "RAY_TMPDIR": ray_tmp, "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(_gradleak("sweep", str(path), "--backend", "ray", "--workers", "2", "--out",
+                                        str(tmp_path / "ray"), "-q"), env=env, capture_output=True, text=True,
+                              timeout=420)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the Ray workers (one CPU each)
+    try:
+        run_sweep(load_experiment(path), tmp_path / "local", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    with ResultStore(tmp_path / "ray") as r, ResultStore(tmp_path / "local") as loc:
+        ray_runs = {x.id: x for x in r.runs()}
+        local_runs = {x.id: x for x in loc.runs()}
+    assert set(ray_runs) == set(local_runs) and len(ray_runs) == 2
+    for rid, run in local_runs.items():
+        other = ray_runs[rid]
+        assert other.status == run.status == "done"
+        assert other.metrics["recovered_labels"] == run.metrics["recovered_labels"]
+        # Same seed, same single-threaded computation in another process: the same numbers.
+        assert other.metrics["ssim"] == pytest.approx(run.metrics["ssim"], rel=1e-6, abs=1e-9)
+        assert other.metrics["per_image_psnr"] == pytest.approx(run.metrics["per_image_psnr"], rel=1e-6)
+        assert other.metrics["matching_loss"] == pytest.approx(run.metrics["matching_loss"], rel=1e-6)
+        assert (tmp_path / "ray" / "runs" / rid / "grid.png").is_file()
+
+
+# -- the report ---------------------------------------------------------------------------------------
+
+
+def _sweep_synthetic(out: Path, extra_for=None) -> None:
+    exp = experiment({"batch_size": [1, 2, 4, 8], "seed": [0, 1]})
+
+    def job(job_id_, config, threads):
+        return JobOutcome(job_id_, summary=synthetic_summary(config, extra_for(config) if extra_for else None),
+                          artefacts={"grid.png": _tiny_png()})
+
+    run_sweep(exp, out, job_fn=job, progress=False)
+
+
+def test_report_states_the_claims_and_marks_missing_data(tmp_path):
+    _sweep_synthetic(tmp_path)
+    with ResultStore(tmp_path) as store:
+        store.record("bad", AttackConfig(batch_size=2).to_dict(), error="DataError: no such folder")
+    report = build_report(tmp_path)
+    verdicts = [c.verdict for c in report.claims]
+    assert verdicts == [HELD, HELD, NOT_MEASURED, NOT_MEASURED]
+    assert "B=4: 0.240" in report.claims[0].evidence  # mean SSIM at B=4: 0.9/4 + 0.01 * mean(0..3)
+    assert "not monotone" not in report.claims[0].evidence
+    page = report.html.read_text()
+    assert "Seed claims" in page and page.count("data:image/png;base64,") == 3
+    assert "no data" in page and "DataError: no such folder" in page
+    assert {k for k, v in report.plots.items() if v is not None} == {"label_accuracy", "ssim", "grid_examples"}
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in report.plots.values() if p is not None)
+    assert not (tmp_path / "semantic.png").exists()
+    assert report.runs == 8 and report.failed == 1
+    assert "http://" not in page and "https://" not in page  # self-contained
+
+
+def test_report_uses_semantic_and_guidance_data_when_runs_have_them(tmp_path):
+    def extra(config):
+        b = config["batch_size"]
+        return {"semantic_accuracy": 0.7, "semantic_accuracy_aggregated": 0.8, "original_semantic_accuracy": 0.9,
+                "guidance_mode": "oracle", "ssim_no_guidance": 0.9,  # guidance made SSIM worse here
+                "label_accuracy": min(1.0, 0.5 + 0.1 * b)}  # and label accuracy rises with B
+
+    _sweep_synthetic(tmp_path, extra)
+    report = build_report(tmp_path)
+    claims = report.claims
+    assert [c.verdict for c in claims] == [NOT_HELD, HELD, HELD, NOT_HELD]
+    # At the ceiling there is no room to improve: the claim cannot be tested there.
+    with ResultStore(tmp_path) as store:
+        for run in store.runs():
+            store.record(run.id, run.config, summary={**run.metrics, "semantic_accuracy": 1.0,
+                                                      "semantic_accuracy_aggregated": 1.0})
+    assert build_report(tmp_path).claims[2].verdict == NOT_MEASURED
+    # The B=4 claim uses semantic accuracy when present: 0.7 vs the exact baseline 0.3439 is 2.04×.
+    assert "semantic accuracy 0.700" in claims[1].evidence and "2.04×" in claims[1].evidence
+    assert report.plots["semantic"] is not None and report.plots["guidance"] is not None
+    assert report.html.read_text().count("data:image/png;base64,") == 5
+
+
+def test_oracle_claim_pairs_runs_that_differ_only_in_guidance(tmp_path):
+    # Runs of a later AttackConfig with a guidance field: the store and report take them as they are.
+    with ResultStore(tmp_path) as store:
+        for seed in (0, 1):
+            for mode, ssim in (("none", 0.40), ("oracle", 0.55)):
+                cfg = {**AttackConfig(batch_size=2, seed=seed).to_dict(), "guidance": mode,
+                       "guidance_weight": 0.0 if mode == "none" else 0.1}
+                store.record(f"{mode}{seed}", cfg, summary={**synthetic_summary(cfg), "ssim": ssim + 0.01 * seed})
+        # An unpaired oracle run (no 'none' twin) must not count.
+        lone = {**AttackConfig(batch_size=2, seed=9).to_dict(), "guidance": "oracle"}
+        store.record("lone", lone, summary={**synthetic_summary(lone), "ssim": 0.0})
+    report = build_report(tmp_path)
+    claim = report.claims[3]
+    assert claim.verdict == HELD
+    assert "0.555 ± 0.007 vs none 0.405 ± 0.007 over 2 pair(s)" in claim.evidence
+    assert report.plots["guidance"] is not None
+
+
+def test_leakage_claim_needs_a_real_drop_and_names_non_monotone_steps():
+    from gradleak.experiments.report import Run, claim_leakage_drops
+
+    def runs(ssims: dict[int, float]) -> list[Run]:
+        return [Run(f"r{b}", {"batch_size": b, "seed": 0}, {"ssim": v, "label_accuracy": 1.0}, Path("."))
+                for b, v in ssims.items()]
+
+    bumpy = claim_leakage_drops(runs({1: 0.9, 2: 0.5, 4: 0.7}))
+    assert bumpy.verdict == HELD and "not monotone: it rises B=2→4" in bumpy.evidence
+    flat = claim_leakage_drops(runs({1: 1.0, 8: 0.995}))  # within MIN_EFFECT: no drop
+    assert flat.verdict == NOT_HELD
+    assert claim_leakage_drops(runs({4: 0.5})).verdict == NOT_MEASURED
+
+
+def test_report_without_a_store_is_a_data_error(tmp_path):
+    with pytest.raises(DataError):
+        build_report(tmp_path)
+
+
+def test_cli_reports_a_bad_experiment_in_one_line(tmp_path, capsys):
+    from gradleak.cli import main
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("grid: {batch_sise: [1]}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(path), "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == "gradleak: error: unknown attack option(s) in experiment: batch_sise"
+    assert not (tmp_path / "o").exists()
+
+
+def test_report_renders_in_headless_chromium(tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    _sweep_synthetic(tmp_path)
+    report = build_report(tmp_path)
+    expected = sum(p is not None for p in report.plots.values())
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         "--virtual-time-budget=10000", "--dump-dom", report.html.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120)
+    body = re.search(r"<body[^>]*>", proc.stdout)
+    assert body is not None, proc.stderr[-800:]
+    total = re.search(r'data-images-total="(\d+)"', body.group(0))
+    decoded = re.search(r'data-images-decoded="(\d+)"', body.group(0))
+    assert total and decoded, f"the page's load script did not run: {body.group(0)}"
+    assert int(total.group(1)) == int(decoded.group(1)) == expected >= 3
