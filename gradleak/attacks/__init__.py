@@ -1,0 +1,1 @@
+"""What the attacker recovers from an observation: labels (analytic) and images (inversion)."""

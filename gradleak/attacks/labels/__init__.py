@@ -1,0 +1,34 @@
+"""Analytic label recovery from a client update (ALGORITHMS.md, "Label recovery from gradients").
+
+One module per strategy, each a function ``(Observation, AuxData | None) -> LabelEstimate``
+registered in :data:`LABEL_STRATEGIES`: ``idlg``, ``yin``, ``llg``, ``llg+``, ``llg*``, ``geng``,
+``ilrg`` and ``ilrg-dummy`` (the default: the most accurate on untrained LeNet, ConvNet and
+ResNet-18 in benchmarks/label_recovery.py).
+
+FedAvg: strategies read ``obs.gradient()``, i.e. ``−Δ / (K η)``, so the exact FedSGD identities
+become approximations as the local model drifts over K steps; scale-dependent strategies (all but
+idlg, yin) also need the local schedule (``ThreatModel.knows_local_schedule``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ...threat import Observation
+# importing a strategy module registers it; this order is the listing order (simplest first)
+from . import idlg  # noqa: F401  isort: skip
+from . import yin  # noqa: F401  isort: skip
+from . import llg  # noqa: F401  isort: skip
+from . import geng  # noqa: F401  isort: skip
+from . import ilrg  # noqa: F401  isort: skip
+from .base import LABEL_STRATEGIES, AuxData, LabelEstimate, round_counts
+
+DEFAULT_METHOD = "ilrg-dummy"
+
+
+def recover_labels(observation: Observation, method: str = DEFAULT_METHOD, aux: Optional[AuxData] = None) -> LabelEstimate:
+    """Recover the label multiset of the observed batch with the named strategy."""
+    return LABEL_STRATEGIES.get(method)(observation, aux)
+
+
+__all__ = ["DEFAULT_METHOD", "LABEL_STRATEGIES", "AuxData", "LabelEstimate", "recover_labels", "round_counts"]

@@ -1,0 +1,233 @@
+"""Analytic label recovery: known answers on synthetic last layers, exactness of iDLG on real
+models, LLG's second stage, and the default strategy's accuracy on real digits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gradleak.attacks.labels import DEFAULT_METHOD, LABEL_STRATEGIES, AuxData, LabelEstimate, recover_labels
+from gradleak.attacks.labels.base import present_at_least, round_counts
+from gradleak.attacks.labels.llg import llg_pick
+from gradleak.errors import ConfigError
+from gradleak.models import build_model
+from gradleak.threat import ThreatModel, UpdateConfig, simulate_client
+
+C = 10
+
+
+class ConstantFeatures(nn.Module):
+    """Every input maps to the same non-negative feature vector: real and dummy features coincide."""
+
+    def __init__(self, features: torch.Tensor):
+        super().__init__()
+        self.register_buffer("features", features)
+
+    def forward(self, x):
+        return self.features.expand(len(x), -1)
+
+
+def observe(model, x, y, batch_size=None, threat=ThreatModel(), mean=None, std=None, config=UpdateConfig()):
+    update = simulate_client(model, x, y, config, mean, std)
+    return threat.observe(model, update, tuple(x.shape[1:]), C, mean, std, batch_size=batch_size)
+
+
+def linear_head(dim: int, bias: bool = True, scale: float = 1.0, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    head = nn.Linear(dim, C, bias=bias)
+    with torch.no_grad():
+        head.weight.mul_(scale)
+    return head
+
+
+def feature_model(head: nn.Linear) -> nn.Module:
+    """Inputs of shape (1, 1, D) in [0, 1] are the last layer's (non-negative) features."""
+    return nn.Sequential(nn.Flatten(), head)
+
+
+def counts_of(labels: torch.Tensor) -> torch.Tensor:
+    return torch.bincount(labels, minlength=C)
+
+
+def accuracy(estimate: LabelEstimate, labels: torch.Tensor) -> float:
+    return float(torch.minimum(estimate.counts, counts_of(labels)).sum()) / len(labels)
+
+
+# --- synthetic last layers with known answers ------------------------------------------------
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_idlg_single_sample_is_exact_for_every_class(bias):
+    head = linear_head(16, bias=bias, scale=3.0)
+    x = torch.rand(1, 1, 1, 16)
+    for label in range(C):
+        estimate = recover_labels(observe(feature_model(head), x, torch.tensor([label]), batch_size=1), "idlg")
+        assert estimate.labels.tolist() == [label]
+
+
+def test_yin_exact_for_distinct_labels_with_private_features():
+    # each sample lights up its own feature: only present classes get a negative weight-gradient entry
+    labels = torch.tensor([7, 2, 9, 0, 4, 5])
+    x = torch.eye(len(labels), 12)[:, None, None, :] * 0.9 + 0.05
+    obs = observe(feature_model(linear_head(12, scale=2.0)), x, labels, batch_size=len(labels))
+    assert torch.equal(recover_labels(obs, "yin").counts, counts_of(labels))
+
+
+CONSTANT_FEATURE_METHODS = ["geng", "llg+", "llg*", "ilrg", "ilrg-dummy"]
+
+
+@pytest.mark.parametrize("method", CONSTANT_FEATURE_METHODS)
+@pytest.mark.parametrize("labels", [[3, 3, 3, 1, 8, 8, 0], [5] * 4 + [2] * 9 + [7] * 3 + list(range(C))])
+def test_exact_counts_when_features_do_not_depend_on_the_input(method, labels):
+    # repeated labels, and B = 26 > C in the second case; non-uniform predictions
+    labels = torch.tensor(labels)
+    torch.manual_seed(1)
+    model = nn.Sequential(ConstantFeatures(torch.rand(20)), linear_head(20, scale=4.0, seed=2))
+    x = torch.rand(len(labels), 1, 4, 4)
+    estimate = recover_labels(observe(model, x, labels, batch_size=len(labels)), method)
+    assert torch.equal(estimate.counts, counts_of(labels))
+
+
+def test_llg_second_stage_picks_argmin_of_updated_scores():
+    # Uniform predictions (zero weights) and equal feature mass: s_c ∝ B/C − k_c.
+    labels = torch.tensor([0, 0, 0, 3, 5, 5])
+    head = linear_head(8)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+    x = torch.full((len(labels), 1, 1, 8), 0.5)
+    estimate = recover_labels(observe(feature_model(head), x, labels, batch_size=len(labels)), "llg")
+    assert torch.equal(estimate.counts, counts_of(labels))
+
+
+def test_llg_pick_does_not_repick_the_first_class():
+    # after stage 1 class 0 is still lowest once, then class 5 must win: a stale copy would give 0 four times
+    scores = torch.tensor([-2.4, 0.6, 0.6, -0.4, 0.6, -1.4, 0.6, 0.6, 0.6, 0.6], dtype=torch.float64)
+    counts = llg_pick(scores, scores < 0, impact=-0.77, batch_size=6)
+    assert counts.tolist() == [3, 0, 0, 1, 0, 2, 0, 0, 0, 0]
+
+
+def test_round_counts_keeps_the_sum_and_lower_bounds():
+    real = torch.tensor([2.6, -0.3, 1.4, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    assert round_counts(real, 4).tolist() == [3, 0, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert round_counts(real, 5).tolist() == [3, 0, 2, 0, 0, 0, 0, 0, 0, 0]  # 1.4 has the largest remainder
+    assert round_counts(real, 3).tolist() == [2, 0, 1, 0, 0, 0, 0, 0, 0, 0]  # 2.6 → 3 was the largest excess
+    lower = torch.tensor([0, 1, 0, 0, 0, 0, 0, 0, 0, 0])
+    assert round_counts(real, 4, lower=lower).tolist() == [2, 1, 1, 0, 0, 0, 0, 0, 0, 0]
+
+
+def test_lower_bounds_are_exact():
+    # k_c ≥ ⌈−B ∇b_c⌉ holds for any batch; check it on a confident model
+    torch.manual_seed(3)
+    labels = torch.randint(0, C, (40,))
+    obs = observe(feature_model(linear_head(16, scale=8.0)), torch.rand(40, 1, 1, 16), labels, batch_size=40)
+    grad_bias = obs.named_gradient()["1.bias"]
+    bound = present_at_least(grad_bias, 40)
+    assert (bound <= counts_of(labels)).all() and bound.sum() > 0
+
+
+def test_label_estimate_expands_counts_to_sorted_labels():
+    estimate = LabelEstimate(counts=torch.tensor([2, 0, 1] + [0] * 7), scores=None, method="x")
+    assert estimate.labels.tolist() == [0, 0, 2]
+    assert estimate.batch_size == 3
+
+
+# --- real models ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from gradleak.data import load_dataset
+
+    return load_dataset("digits", "test")
+
+
+def trained_lenet(digits, steps: int) -> nn.Module:
+    model = build_model("lenet", digits.input_shape, C, seed=0)
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x, y, _ = digits.sample_batch(64, generator)
+        update = simulate_client(model, x, y, mean=digits.mean, std=digits.std)
+        optimiser.zero_grad()
+        for p, g in zip(model.parameters(), update.tensors):
+            p.grad = g
+        optimiser.step()
+    return model
+
+
+@pytest.mark.parametrize("steps", [0, 30])
+def test_idlg_exact_on_real_lenet_untrained_and_trained(digits, steps):
+    model = trained_lenet(digits, steps)
+    for i in range(12):
+        x, y = digits.images[i : i + 1], digits.labels[i : i + 1]
+        obs = observe(model, x, y, batch_size=1, mean=digits.mean, std=digits.std)
+        assert recover_labels(obs, "idlg").labels.tolist() == y.tolist()
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 24])
+def test_counts_sum_to_batch_size_for_every_method(digits, batch_size):
+    model = build_model("lenet", digits.input_shape, C, seed=1)
+    x, y, _ = digits.sample_batch(batch_size, torch.Generator().manual_seed(batch_size))
+    obs = observe(model, x, y, batch_size=batch_size, mean=digits.mean, std=digits.std)
+    aux = AuxData(images=digits.images[-32:])
+    for method in LABEL_STRATEGIES:
+        if (method == "idlg" and batch_size > 1) or (method == "yin" and batch_size > C):
+            continue
+        estimate = recover_labels(obs, method, aux)
+        assert estimate.counts.dtype == torch.int64 and (estimate.counts >= 0).all()
+        assert int(estimate.counts.sum()) == batch_size, method
+        assert estimate.labels.shape == (batch_size,) and estimate.method == method
+
+
+@pytest.mark.parametrize("model_name,width", [("lenet", None), ("convnet", 8)])
+def test_default_method_is_accurate_at_batch_16_on_digits(digits, model_name, width):
+    model = build_model(model_name, digits.input_shape, C, width=width, seed=0)
+    model.train()
+    generator = torch.Generator().manual_seed(0)
+    accuracies = []
+    for _ in range(8):
+        x, y, _ = digits.sample_batch(16, generator)
+        obs = observe(model, x, y, batch_size=16, mean=digits.mean, std=digits.std)
+        accuracies.append(accuracy(recover_labels(obs), y))
+    assert sum(accuracies) / len(accuracies) >= 0.95
+
+
+def test_fedavg_single_step_reads_like_fedsgd(digits):
+    model = build_model("lenet", digits.input_shape, C, seed=0)
+    x, y, _ = digits.sample_batch(16, torch.Generator().manual_seed(5))
+    sgd = recover_labels(observe(model, x, y, batch_size=16, mean=digits.mean, std=digits.std), "ilrg")
+    avg = recover_labels(
+        observe(model, x, y, batch_size=16, mean=digits.mean, std=digits.std, config=UpdateConfig("fedavg", 1, 0.01)),
+        "ilrg",
+    )
+    assert torch.equal(sgd.counts, avg.counts)
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def test_methods_refuse_what_they_cannot_do():
+    x = torch.rand(12, 1, 1, 8)
+    labels = torch.arange(12) % C
+    with_bias = observe(feature_model(linear_head(8)), x, labels, batch_size=12)
+    no_bias = observe(feature_model(linear_head(8, bias=False)), x, labels, batch_size=12)
+    with pytest.raises(ConfigError, match="single label"):
+        recover_labels(with_bias, "idlg")
+    with pytest.raises(ConfigError, match="at most 10"):
+        recover_labels(with_bias, "yin")
+    for method in ("ilrg", "ilrg-dummy"):
+        with pytest.raises(ConfigError, match="needs a bias"):
+            recover_labels(no_bias, method)
+    with pytest.raises(ConfigError, match="unknown label strategy"):
+        recover_labels(with_bias, "nope")
+    with pytest.raises(ConfigError, match="batch size"):
+        recover_labels(observe(feature_model(linear_head(8)), x, labels, threat=ThreatModel(knows_batch_size=False)), "llg")
+    with pytest.raises(ConfigError, match="auxiliary images"):
+        recover_labels(with_bias, "llg+", AuxData(images=torch.rand(4, 3, 8, 8)))
+
+
+def test_default_method_is_registered():
+    assert DEFAULT_METHOD in LABEL_STRATEGIES
+    assert set(LABEL_STRATEGIES) >= {"idlg", "yin", "llg", "llg+", "llg*", "geng", "ilrg"}
