@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,12 @@ class AttackConfig:
     prompts: str | None = None  # a prompt-set name ("default", "ensemble") or a file of templates
     class_names: str | None = None  # a file of class names (open vocabulary); default: the dataset's
     classifier_steps: int = 300  # training steps of the attacker's auxiliary classifier (public data)
+    # semantic guidance of the reconstruction (CLIP or classifier), and label search by guidance
+    guidance: str = "none"  # "none" | "oracle" (true labels, an upper bound) | "search"
+    guide: str = "classifier"  # "clip" | "classifier"
+    guidance_weight: float = 0.1
+    search_space: str = "labels"
+    compare_guidance: bool = False  # also run without guidance and report both SSIMs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,21 +142,59 @@ class AttackOutcome:
     label_method: str
     reconstruction: "Reconstruction"  # noqa: F821
     seconds: float
+    guidance: Any = None  # gradleak.attacks.inversion.search.GuidanceOutcome when guided
 
 
-def attack_observation(obs: Observation, cfg: AttackConfig, progress: bool = True) -> AttackOutcome:
-    """The attacker's side: labels (granted, or recovered from the gradient), then images."""
+def attack_observation(
+    obs: Observation,
+    cfg: AttackConfig,
+    progress: bool = True,
+    oracle_labels: torch.Tensor | None = None,
+    public=None,
+) -> AttackOutcome:
+    """The attacker's side: labels (granted, or recovered from the gradient), then images.
+
+    ``oracle_labels`` is the evaluator's ground truth, used only by ``guidance="oracle"`` (an
+    upper-bound experiment); ``public`` is the attacker's public dataset for the classifier guide.
+    """
     from .attacks.inversion import invert
     from .attacks.labels import recover_labels
 
     started = time.perf_counter()
+    estimate = None
     if obs.labels is not None:
         labels, label_method = obs.labels, "granted"
     else:
         estimate = recover_labels(obs) if cfg.labels == "auto" else recover_labels(obs, cfg.labels)
         labels, label_method = estimate.labels, estimate.method
-    recon = invert(obs, labels, inversion_config(cfg), progress=progress)
-    return AttackOutcome(labels, label_method, recon, time.perf_counter() - started)
+    if cfg.guidance == "none":
+        recon = invert(obs, labels, inversion_config(cfg), progress=progress)
+        return AttackOutcome(labels, label_method, recon, time.perf_counter() - started)
+    guided = run_guidance(obs, cfg, estimate if estimate is not None else labels, oracle_labels, public, progress)
+    return AttackOutcome(guided.labels, label_method, guided.reconstruction, time.perf_counter() - started, guided)
+
+
+def run_guidance(obs: Observation, cfg: AttackConfig, label_estimate, oracle_labels, public, progress: bool):
+    """CLIP/classifier-guided reconstruction, or label search by guidance (Malcewicz et al. 2025)."""
+    from .attacks.inversion.guidance import train_public_classifier
+    from .attacks.inversion.search import run_guided
+
+    if cfg.guidance == "oracle" and oracle_labels is None:
+        raise ConfigError("oracle guidance needs the true labels, which only the evaluator has")
+    clip_model = aux = None
+    if cfg.guide == "clip":
+        from .semantic import load_clip
+
+        clip_model = load_clip(cfg.clip_model)
+    elif cfg.guide == "classifier":
+        if public is None:
+            raise ConfigError("the classifier guide needs public data to train on")
+        aux = train_public_classifier(public.images, public.labels, public.num_classes,
+                                      steps=cfg.classifier_steps, seed=cfg.seed)
+    return run_guided(obs, label_estimate, inversion_config(cfg), mode=cfg.guidance, guide_name=cfg.guide,
+                      weight=cfg.guidance_weight, true_labels_for_oracle=oracle_labels,
+                      class_names=obs.class_names, clip_model=clip_model, aux_classifier=aux,
+                      progress=progress, search_space=cfg.search_space)
 
 
 def evaluate_outcome(outcome: AttackOutcome, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> dict[str, Any]:
@@ -205,9 +249,24 @@ def run_attack(
     # The server: sees only what the threat model grants.
     obs = threat_model(cfg).observe(model, update, data.input_shape, data.num_classes, data.mean, data.std,
                                     batch_size=x.shape[0], labels=y, class_names=data.class_names)
-    outcome = attack_observation(obs, cfg, progress)
+    public = None
+    if cfg.guidance != "none" and cfg.guide == "classifier":
+        from .data import load_dataset
+
+        public = load_dataset(cfg.dataset, public_split(cfg.split), cfg.data_dir)
+    outcome = attack_observation(obs, cfg, progress, oracle_labels=y, public=public)
     summary = evaluate_outcome(outcome, x, y, data.num_classes)
     summary.update(class_names=data.class_names, config=cfg.to_dict(), inversion=inversion_config(cfg).to_dict())
+    if outcome.guidance is not None:
+        from .attacks.inversion.search import evaluate_guidance
+        from .metrics import evaluate_images
+
+        summary.update(outcome.guidance.summary())
+        summary.update(evaluate_guidance(outcome.guidance, y, data.num_classes))
+        if cfg.compare_guidance:
+            plain = attack_observation(obs, replace(cfg, guidance="none"), progress)
+            summary["ssim_no_guidance"] = evaluate_images(plain.reconstruction.images, x).ssim
+            summary["ssim_with_guidance"] = summary["ssim"]
     semantic = None
     if cfg.labeler != "none":
         labeller, names = build_semantic_labeller(cfg, data)

@@ -56,6 +56,14 @@ def attack_options(f):
                      help="File of class names, one per line (default: the dataset's)."),
         click.option("--classifier-steps", type=int, default=_D.classifier_steps, show_default=True,
                      help="Training steps of the auxiliary classifier (labeler=classifier)."),
+        click.option("--guidance", type=click.Choice(["none", "oracle", "search"]), default="none", show_default=True,
+                     help="Semantic guidance: none, oracle (true labels; an upper bound) or search over candidate labels."),
+        click.option("--guide", type=click.Choice(["clip", "classifier"]), default=_D.guide, show_default=True,
+                     help="Guidance model: CLIP text prompts or the auxiliary classifier (offline stand-in)."),
+        click.option("--guidance-weight", type=float, default=_D.guidance_weight, show_default=True),
+        click.option("--search-space", type=click.Choice(["labels", "guidance"]), default=_D.search_space,
+                     show_default=True, help="search: candidates change the matched labels too, or the guidance only."),
+        click.option("--compare-guidance", is_flag=True, help="Also reconstruct without guidance and report both SSIMs."),
         click.option("--observed-update", type=click.Path(), default=None,
                      help="Attack this recorded update (a file from --save-update) instead of a simulated one."),
     ]
@@ -85,6 +93,11 @@ def attack(ctx: click.Context, config_file, out, save_update, quiet, **params) -
     cfg = config_from_cli(ctx, params, config_file)
     result = run_attack(cfg, out, progress=not quiet, save_update_to=save_update)
     s = result.summary
+    if s.get("search_accuracy") is not None:
+        click.echo(f"label search by guidance: {s['search_labels']} accuracy {s['search_accuracy']:.2f} "
+                   f"(random {s['search_random_baseline']:.2f}) over {len(s['candidate_losses'])} candidates")
+    if "ssim_no_guidance" in s:
+        click.echo(f"SSIM with guidance {s['ssim_with_guidance']:.3f}, without {s['ssim_no_guidance']:.3f}")
     if "semantic_accuracy" in s:
         click.echo(f"semantic labels {s['semantic_labels']}: accuracy {s['semantic_accuracy']:.2f} "
                    f"(originals {s['original_semantic_accuracy']:.2f}, random {s['semantic_random_baseline']:.2f})")
