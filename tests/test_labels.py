@@ -17,6 +17,15 @@ from gradleak.threat import ThreatModel, UpdateConfig, simulate_client
 C = 10
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    # these models are tiny: on a busy machine, thread hand-offs cost more than the arithmetic
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class ConstantFeatures(nn.Module):
     """Every input maps to the same non-negative feature vector: real and dummy features coincide."""
 
@@ -157,10 +166,10 @@ def trained_lenet(digits, steps: int) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("steps", [0, 30])
+@pytest.mark.parametrize("steps", [0, 20])
 def test_idlg_exact_on_real_lenet_untrained_and_trained(digits, steps):
     model = trained_lenet(digits, steps)
-    for i in range(12):
+    for i in range(8):
         x, y = digits.images[i : i + 1], digits.labels[i : i + 1]
         obs = observe(model, x, y, batch_size=1, mean=digits.mean, std=digits.std)
         assert recover_labels(obs, "idlg").labels.tolist() == y.tolist()
@@ -187,7 +196,7 @@ def test_default_method_is_accurate_at_batch_16_on_digits(digits, model_name, wi
     model.train()
     generator = torch.Generator().manual_seed(0)
     accuracies = []
-    for _ in range(8):
+    for _ in range(6):
         x, y, _ = digits.sample_batch(16, generator)
         obs = observe(model, x, y, batch_size=16, mean=digits.mean, std=digits.std)
         accuracies.append(accuracy(recover_labels(obs), y))

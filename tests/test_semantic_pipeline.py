@@ -62,3 +62,28 @@ def test_rounds_writes_per_round_table(tmp_path):
 def test_rounds_needs_a_labeller():
     with pytest.raises(ConfigError, match="labeler"):
         run_rounds(RoundsConfig(AttackConfig(), rounds=1), progress=False)
+
+
+def test_attack_with_label_search_by_guidance_keeps_the_lowest_loss_candidate(tmp_path):
+    cfg = AttackConfig(batch_size=1, iterations=100, tv=0.0, guidance="search", classifier_steps=150, seed=2)
+    s = run_attack(cfg, tmp_path, progress=False).summary
+    assert s["guidance_mode"] == "search" and len(s["candidate_losses"]) == 10
+    scores = [c["score"] for c in s["candidate_losses"]]
+    chosen = s["candidate_losses"][s["chosen_candidate"]]
+    assert chosen["score"] == min(scores)
+    assert s["search_labels"] == chosen["guidance"]
+    assert s["search_accuracy"] in (0.0, 1.0) and s["search_random_baseline"] == pytest.approx(0.1)
+
+
+def test_oracle_guidance_needs_the_evaluators_labels():
+    from gradleak.data import load_dataset
+    from gradleak.models import build_model
+    from gradleak.pipeline import attack_observation
+    from gradleak.threat import ThreatModel, simulate_client
+
+    data = load_dataset("digits")
+    model = build_model("lenet", data.input_shape, 10)
+    update = simulate_client(model, data.images[:1], data.labels[:1], mean=data.mean, std=data.std)
+    obs = ThreatModel().observe(model, update, data.input_shape, 10, data.mean, data.std, batch_size=1)
+    with pytest.raises(ConfigError, match="oracle"):
+        attack_observation(obs, AttackConfig(guidance="oracle", iterations=2), progress=False)
