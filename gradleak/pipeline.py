@@ -346,7 +346,7 @@ def label_reconstructions(labeller, outcome: AttackOutcome, names: list[str], nu
 
         tables = [labeller.probabilities(img, names) for img in restarts]
         # Align every restart to the kept one (row order of `semantic`).
-        best = restarts.index(next(r for r in restarts if r is outcome.reconstruction.images))
+        best = next((i for i, r in enumerate(restarts) if r is outcome.reconstruction.images), 0)
         order = [best] + [i for i in range(len(restarts)) if i != best]
         aligned = align_rounds([restarts[i] for i in order], [tables[i] for i in order])
         agg = aggregate_probabilities(aligned)

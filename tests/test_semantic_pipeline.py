@@ -13,7 +13,7 @@ from gradleak.rounds import RoundsConfig, run_rounds
 @pytest.fixture(scope="module")
 def semantic_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("semantic")
-    cfg = AttackConfig(batch_size=8, iterations=300, tv=0.0, restarts=2, labeler="classifier",
+    cfg = AttackConfig(batch_size=8, iterations=300, tv=0.0, restarts=3, labeler="classifier",
                        classifier_steps=200, seed=1)
     return run_attack(cfg, out, progress=False), out
 
