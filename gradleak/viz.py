@@ -13,6 +13,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
+def _save(fig, path: Path) -> Path:
+    """Write a figure atomically, so an interrupted run never leaves a truncated PNG behind."""
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def _to_hwc(img: torch.Tensor):
     img = img.detach().float().clamp(0, 1).cpu()
     if img.shape[0] == 1:
@@ -51,12 +61,7 @@ def save_grid(
             if row_titles is not None and cols:
                 axes[ax_row][0].text(-0.15, 0.5, row_titles[r], transform=axes[ax_row][0].transAxes,
                                      rotation=90, va="center", ha="right", fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path)
 
 
 def save_probability_table(path: str | Path, probabilities: torch.Tensor, class_names: Sequence[str]) -> Path:
@@ -75,12 +80,7 @@ def save_probability_table(path: str | Path, probabilities: torch.Tensor, class_
                         color="white" if p[i, j] < 0.6 else "black")
     fig.colorbar(im, ax=ax, fraction=0.04, label="probability")
     ax.set_title("labeller probabilities of the reconstructions")
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path)
 
 
 def save_rounds_plot(path: str | Path, rows: Sequence[dict]) -> Path:
@@ -101,12 +101,7 @@ def save_rounds_plot(path: str | Path, rows: Sequence[dict]) -> Path:
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7, loc="lower right")
     ax.set_title("semantic label recovery across rounds")
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path)
 
 
 def save_label_accuracy_plot(path: str | Path, summary: Sequence[dict]) -> Path:
@@ -126,9 +121,4 @@ def save_label_accuracy_plot(path: str | Path, summary: Sequence[dict]) -> Path:
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7)
     ax.set_title("label recovery from gradients")
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return _save(fig, path)
