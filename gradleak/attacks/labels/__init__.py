@@ -5,9 +5,24 @@ registered in :data:`LABEL_STRATEGIES`: ``idlg``, ``yin``, ``llg``, ``llg+``, ``
 ``ilrg`` and ``ilrg-dummy`` (the default: the most accurate on untrained LeNet, ConvNet and
 ResNet-18 in benchmarks/label_recovery.py).
 
-FedAvg: strategies read ``obs.gradient()``, i.e. ``−Δ / (K η)``, so the exact FedSGD identities
-become approximations as the local model drifts over K steps; scale-dependent strategies (all but
-idlg, yin) also need the local schedule (``ThreatModel.knows_local_schedule``).
+FedAvg: strategies read ``obs.gradient()``, i.e. ``−Δ / (K η)``, the mean of the K local
+gradients. The FedSGD identities then hold only for the average over a drifting local model, and
+once the client fits its batch (p → y) the bias gradient carries almost no count information.
+Scale-dependent strategies (all but idlg and yin) also need the local schedule
+(``ThreatModel.knows_local_schedule``). Measured with benchmarks/label_recovery.py, untrained
+LeNet on digits, full-batch local steps, 10 batches each, mean order-free accuracy of the default
+(random baseline 0.47 / 0.60 / 0.79 at B = 8 / 16 / 64)::
+
+    local steps K, lr η      B = 8    B = 16   B = 64
+    K = 1  (= FedSGD)        1.000    1.000    0.986
+    K = 5,  η = 0.01         1.000    1.000    0.966
+    K = 10, η = 0.01         1.000    0.944    0.938
+    K = 5,  η = 0.1          0.887    0.825    0.800
+    K = 10, η = 0.1          0.787    0.725    0.695   (below the random baseline at B = 64)
+
+BatchNorm models degrade faster (ConvNet width 16 on digits, B = 64, 5 batches: 0.984 at K = 1,
+0.78 at K = 5, η = 0.1 and 0.83 at K = 10, η = 0.01, against a random baseline of 0.78); every
+strategy is near the baseline there.
 """
 
 from __future__ import annotations

@@ -168,7 +168,8 @@ def dummy_images(count: int, shape: tuple[int, ...], generator: torch.Generator)
     return (brightness + contrast * field).clamp(0.0, 1.0)
 
 
-# Several strategies send the same dummies through the same model: keep the last result per model.
+# Several strategies send the same dummies through the same observation's model: keep the last
+# result per model (a fixed seed makes it the same dummies every time).
 _FEATURE_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, FeatureSample]]" = weakref.WeakKeyDictionary()
 
 
@@ -193,10 +194,9 @@ def sample_features(
     # parameter versions change on any in-place update, so a trained-on model is not served stale features
     key = (
         batch_size, min_samples, seed, obs.model.training, obs.input_shape, obs.mean, obs.std,
-        None if aux is None else id(aux.images),
         tuple(p._version for p in obs.model.parameters()),
     )
-    cached = _FEATURE_CACHE.get(obs.model)
+    cached = _FEATURE_CACHE.get(obs.model) if aux is None else None  # only dummies are cached
     if cached is not None and cached[0] == key:
         return cached[1]
     layer = read_last_layer(obs)
@@ -219,5 +219,6 @@ def sample_features(
     features = torch.cat([h.flatten(1) for h, _ in captured]).double().cpu()
     logits = torch.cat([z for _, z in captured]).double().cpu()
     sample = FeatureSample(features=features, probs=torch.softmax(logits, dim=1))
-    _FEATURE_CACHE[obs.model] = (key, sample)
+    if aux is None:
+        _FEATURE_CACHE[obs.model] = (key, sample)
     return sample
