@@ -89,16 +89,22 @@ class AttackResult:
     semantic: Any = None  # gradleak.semantic.SemanticLabels when a labeller ran
 
 
-def inversion_config(cfg: AttackConfig):
+# Below this side length a total-variation prior only blurs: each pixel of an 8×8 digit is a stroke.
+MIN_SIDE_FOR_TV = 16
+
+
+def inversion_config(cfg: AttackConfig, input_shape: tuple[int, ...] | None = None):
+    """The preset of ``cfg.attack`` with the run's overrides; without an explicit ``tv``, images
+    smaller than MIN_SIDE_FOR_TV get no TV prior."""
     from .attacks.inversion import preset
 
-    regs = None
-    if cfg.tv is not None or cfg.bn_prior:
-        regs = dict(preset(cfg.attack).regularizers)
-        if cfg.tv is not None:
-            regs["tv"] = cfg.tv
-        if cfg.bn_prior:
-            regs["bn_stats"] = cfg.bn_prior
+    regs = dict(preset(cfg.attack).regularizers)
+    if cfg.tv is not None:
+        regs["tv"] = cfg.tv
+    elif input_shape is not None and min(input_shape[-2:]) < MIN_SIDE_FOR_TV:
+        regs.pop("tv", None)
+    if cfg.bn_prior:
+        regs["bn_stats"] = cfg.bn_prior
     return preset(
         cfg.attack,
         iterations=cfg.iterations,
@@ -168,7 +174,7 @@ def attack_observation(
         estimate = recover_labels(obs) if cfg.labels == "auto" else recover_labels(obs, cfg.labels)
         labels, label_method = estimate.labels, estimate.method
     if cfg.guidance == "none":
-        recon = invert(obs, labels, inversion_config(cfg), progress=progress)
+        recon = invert(obs, labels, inversion_config(cfg, obs.input_shape), progress=progress)
         return AttackOutcome(labels, label_method, recon, time.perf_counter() - started)
     guided = run_guidance(obs, cfg, estimate if estimate is not None else labels, oracle_labels, public, progress)
     return AttackOutcome(guided.labels, label_method, guided.reconstruction, time.perf_counter() - started, guided)
@@ -191,7 +197,7 @@ def run_guidance(obs: Observation, cfg: AttackConfig, label_estimate, oracle_lab
             raise ConfigError("the classifier guide needs public data to train on")
         aux = train_public_classifier(public.images, public.labels, public.num_classes,
                                       steps=cfg.classifier_steps, seed=cfg.seed)
-    return run_guided(obs, label_estimate, inversion_config(cfg), mode=cfg.guidance, guide_name=cfg.guide,
+    return run_guided(obs, label_estimate, inversion_config(cfg, obs.input_shape), mode=cfg.guidance, guide_name=cfg.guide,
                       weight=cfg.guidance_weight, true_labels_for_oracle=oracle_labels,
                       class_names=obs.class_names, clip_model=clip_model, aux_classifier=aux,
                       progress=progress, search_space=cfg.search_space)
@@ -256,7 +262,7 @@ def run_attack(
         public = load_dataset(cfg.dataset, public_split(cfg.split), cfg.data_dir)
     outcome = attack_observation(obs, cfg, progress, oracle_labels=y, public=public)
     summary = evaluate_outcome(outcome, x, y, data.num_classes)
-    summary.update(class_names=data.class_names, config=cfg.to_dict(), inversion=inversion_config(cfg).to_dict())
+    summary.update(class_names=data.class_names, config=cfg.to_dict(), inversion=inversion_config(cfg, data.input_shape).to_dict())
     if outcome.guidance is not None:
         from .attacks.inversion.search import evaluate_guidance
         from .metrics import evaluate_images

@@ -100,3 +100,11 @@ def test_replayed_update_gives_the_same_attack(tmp_path, capsys):
     ra, rb = (json.loads((d / "result.json").read_text()) for d in (a, b))
     assert ra["recovered_labels"] == rb["recovered_labels"]
     assert ra["matching_loss"] == pytest.approx(rb["matching_loss"], rel=1e-5, abs=1e-7)
+
+
+def test_tv_prior_is_off_by_default_only_for_tiny_images():
+    from gradleak.pipeline import AttackConfig, inversion_config
+
+    assert "tv" not in inversion_config(AttackConfig(), (1, 8, 8)).regularizers
+    assert inversion_config(AttackConfig(), (3, 32, 32)).regularizers["tv"] > 0
+    assert inversion_config(AttackConfig(tv=0.3), (1, 8, 8)).regularizers["tv"] == 0.3
