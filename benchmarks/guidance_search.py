@@ -1,14 +1,23 @@
-"""Batched vs sequential label search by guidance: wall time and equality of the final losses.
+"""Label search by guidance: speed (batched vs sequential) and quality (label accuracy, SSIM).
 
-    python benchmarks/guidance_search.py [--models lenet,convnet] [--candidates 10] [--iterations 5]
-                                         [--threads 2] [--profile]
+    python benchmarks/guidance_search.py speed [--models lenet,convnet] [--candidates 10] [--iterations 5]
+                                               [--repeats 1] [--threads 2] [--profile]
+    python benchmarks/guidance_search.py quality [--dataset digits] [--model lenet] [--batch 1] [--trials 20]
+                                                 [--iterations 200] [--weights 0.1] [--max-candidates 24]
+                                                 [--space guidance|guidance-nocounts|labels|labels-nocounts|oracle]
 
-Each row: one CIFAR-size (3×32×32) observation of batch 1, ``--candidates`` guided candidates (one
+``speed``: each row: one CIFAR-size (3×32×32) observation of batch 1, ``--candidates`` guided candidates (one
 per class, classifier guide with a random auxiliary CNN, TV 0.05), the same iterations for both
 engines; the sequential loop is :func:`invert_sequential` (``invert``'s own optimisation loop per
 candidate), the batched one :func:`invert_batched` (one vmapped computation). Engines run back to
 back, batched first, so a shared machine's load affects both alike; ``--repeats`` alternates them
 and keeps the fastest of each. ``--profile`` prints where the batched step spends its time.
+
+``quality``: ``--trials`` private batches from the test split (untrained victim, seed = trial), the
+classifier guide trained on the PUBLIC train split; ``--space guidance|labels`` reports the search's
+order-free label accuracy against its exact random baseline and against a uniform pick among the
+candidates searched (``-nocounts``: B > 1 candidates not constrained by the recovered counts),
+``--space oracle`` the SSIM without guidance and with oracle guidance at each weight.
 """
 
 from __future__ import annotations
@@ -82,17 +91,95 @@ def _profile(obs, labels, cfg, guidance) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=40))
 
 
+def quality(dataset: str, data_dir: str | None, model_name: str, batch: int, trials: int, iterations: int,
+            weights: list[float], space: str, classifier_steps: int | None, max_candidates: int) -> None:
+    import statistics
+
+    from gradleak.attacks.inversion import preset
+    from gradleak.attacks.inversion.search import evaluate_guidance, run_guided
+    from gradleak.attacks.labels import recover_labels
+    from gradleak.data import load_dataset
+    from gradleak.metrics import evaluate_images
+    from gradleak.models import build_model
+    from gradleak.semantic import classifier_accuracy, train_aux_classifier
+    from gradleak.threat import ThreatModel, simulate_client
+
+    test, public = load_dataset(dataset, "test", data_dir), load_dataset(dataset, "train", data_dir)
+    steps = classifier_steps or (300 if dataset == "digits" else 600)
+    aux = train_aux_classifier(public.images, public.labels, public.num_classes, steps=steps, seed=0)
+    print(f"{dataset}, {model_name}, B={batch}, {iterations} iterations, auxiliary classifier ({steps} steps on the "
+          f"public split) test accuracy {classifier_accuracy(aux, test.images, test.labels):.3f}")
+    cfg = preset("ig", iterations=iterations)
+    scores: dict[float, list[float]] = {w: [] for w in ([0.0] if space == "oracle" else []) + weights}
+    baseline, candidate_baseline = [], []
+    for trial in range(trials):
+        x, y, _ = test.sample_batch(batch, torch.Generator().manual_seed(100 + trial))
+        model = build_model(model_name, test.input_shape, test.num_classes, seed=trial).train()
+        update = simulate_client(model, x, y, mean=test.mean, std=test.std)
+        obs = ThreatModel().observe(model, update, test.input_shape, test.num_classes, test.mean, test.std,
+                                    batch_size=batch, class_names=test.class_names)
+        estimate = recover_labels(obs)
+        row = []
+        for w in scores:
+            if space == "oracle":
+                out = run_guided(obs, estimate, cfg, "oracle" if w else "none", "classifier", w,
+                                 true_labels_for_oracle=y, aux_classifier=aux)
+                value = evaluate_images(out.reconstruction.images, x).ssim
+            else:
+                out = run_guided(obs, estimate, cfg, "search", "classifier", w, aux_classifier=aux,
+                                 search_space=space.split("-")[0], max_candidates=max_candidates,
+                                 constrain_by_counts=not space.endswith("-nocounts"))
+                ev = evaluate_guidance(out, y, test.num_classes)
+                value = ev["search_accuracy"]
+                baseline.append(ev["search_random_baseline"])
+                candidate_baseline.append(ev["search_candidate_baseline"])
+            scores[w].append(value)
+            row.append(f"w={w}: {value:.3f}")
+        print(f"trial {trial:2d} true {y.tolist()} recovered {estimate.labels.tolist()}  " + "  ".join(row), flush=True)
+    what = "SSIM" if space == "oracle" else f"label accuracy (search over {space})"
+    for w, values in scores.items():
+        spread = statistics.stdev(values) if len(values) > 1 else 0.0
+        print(f"weight {w}: {what} {statistics.mean(values):.3f} ± {spread:.3f} over {len(values)} trials")
+    if baseline:
+        print(f"random baseline {statistics.mean(baseline):.3f}; uniform pick among the "
+              f"{len(out.candidates)} candidates {statistics.mean(candidate_baseline):.3f}")
+    if space == "oracle":
+        for w in weights:
+            gains = [a - b for a, b in zip(scores[w], scores[0.0])]
+            print(f"oracle weight {w}: SSIM gain {statistics.mean(gains):+.3f}, better in {sum(g > 0 for g in gains)}"
+                  f"/{len(gains)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="lenet,convnet")
-    parser.add_argument("--candidates", type=int, default=10)
-    parser.add_argument("--iterations", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--profile", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sp = sub.add_parser("speed", help="batched vs sequential wall time")
+    sp.add_argument("--models", default="lenet,convnet")
+    sp.add_argument("--candidates", type=int, default=10)
+    sp.add_argument("--iterations", type=int, default=5)
+    sp.add_argument("--repeats", type=int, default=1)
+    sp.add_argument("--threads", type=int, default=2)
+    sp.add_argument("--profile", action="store_true")
+    q = sub.add_parser("quality", help="label accuracy of the search, SSIM with oracle guidance")
+    q.add_argument("--dataset", default="digits")
+    q.add_argument("--data-dir", default=None)
+    q.add_argument("--model", default="lenet")
+    q.add_argument("--batch", type=int, default=1)
+    q.add_argument("--trials", type=int, default=20)
+    q.add_argument("--iterations", type=int, default=200)
+    q.add_argument("--weights", default="0.1")
+    q.add_argument("--space", default="guidance",
+                   choices=["guidance", "guidance-nocounts", "labels", "labels-nocounts", "oracle"])
+    q.add_argument("--max-candidates", type=int, default=24)
+    q.add_argument("--classifier-steps", type=int, default=None)
+    q.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    run(args.models.split(","), args.candidates, args.iterations, args.repeats, args.profile)
+    if args.command == "speed":
+        run(args.models.split(","), args.candidates, args.iterations, args.repeats, args.profile)
+    else:
+        quality(args.dataset, args.data_dir, args.model, args.batch, args.trials, args.iterations,
+                [float(w) for w in args.weights.split(",")], args.space, args.classifier_steps, args.max_candidates)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from gradleak.attacks.inversion import REGULARIZERS, InversionConfig, invert, preset
 from gradleak.attacks.inversion.batched import BatchedMatcher, invert_batched, invert_sequential
@@ -114,8 +113,6 @@ def test_batched_restarts_equal_invert_restarts(digits):
 
 def test_bn_stats_prior_is_batched_per_problem(digits):
     """The bn_stats prior reads each problem's own BN inputs inside vmap."""
-    from gradleak.data import load_dataset  # noqa: F401
-
     x, y = digits.images[:2], digits.labels[:2]
     m = build_model("convnet", digits.input_shape, 10, width=4, seed=0).train()
     m(torch.rand(16, *digits.input_shape))  # non-trivial running statistics

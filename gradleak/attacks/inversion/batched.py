@@ -25,7 +25,7 @@ import contextlib
 import copy
 import time
 import types
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
