@@ -59,7 +59,9 @@ def run(models: list[str], candidates: int, iterations: int, repeats: int, profi
     rows = []
     for name in models:
         obs, guidance = _observation(name), _guidance()
-        invert_batched(obs, labels[:2], InversionConfig(iterations=1), guidance)  # warm-up (allocator, mkldnn)
+        # Warm up both engines (allocator, oneDNN primitives): the first call of each costs ~1 s.
+        invert_batched(obs, labels[:2], InversionConfig(iterations=1), guidance)
+        invert_sequential(obs, labels[:2], InversionConfig(iterations=1), guidance)
         best_b = best_s = float("inf")
         for _ in range(repeats):
             t = time.perf_counter()
