@@ -35,9 +35,8 @@ from tqdm.auto import tqdm
 from ...errors import ConfigError
 from ...threat import Observation
 from .guidance import Guidance
-from .invert import (PRECISIONS, GradientMatcher, InversionConfig, Reconstruction, _init_images, _optimise,
+from .invert import (GradientMatcher, InversionConfig, Reconstruction, _init_images, _optimise, matching_terms, pixel_lr,
                      _step_milestones)
-from .objectives import OBJECTIVES
 from .regularizers import REGULARIZERS
 
 
@@ -106,15 +105,7 @@ class BatchedMatcher:
         self.names = [n for n, _ in self.model.named_parameters()]
         self.params = {n: p.detach() for n, p in self.model.named_parameters()}
         self.buffers = {n: b for n, b in self.model.named_buffers()}
-        self.objective = OBJECTIVES.get(config.objective)(observation.gradient())
-        self.regularizers = [
-            (REGULARIZERS.get(name)(observation, self.model), float(weight))
-            for name, weight in config.regularizers.items()
-            if weight
-        ]
-        if config.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {config.precision!r}; choose {', '.join(PRECISIONS)}")
-        self.dtype = PRECISIONS[config.precision]
+        self.objective, self.regularizers, self.dtype = matching_terms(observation, config, self.model)
         self.guidance = guidance if guidance is not None and guidance.weight else None
         self.guidance_targets = guidance_targets
         if self.guidance is not None and (guidance_targets is None or guidance_targets.shape != labels.shape):
@@ -161,13 +152,6 @@ class BatchedMatcher:
             self.dtype = dtype
         matching = torch.where(torch.isfinite(matching), matching, torch.full_like(matching, float("inf")))
         return matching, prior, guide
-
-
-def pixel_lr(observation: Observation, config: InversionConfig) -> float:
-    """Adam's step in pixel units: ``config.lr`` is in normalised-input units (IG), so × mean(std),
-    exactly as :func:`~gradleak.attacks.inversion.invert._optimise` does."""
-    std = observation.std
-    return config.lr * (sum(std) / len(std) if std else 1.0)
 
 
 def _initial_images(labels: Tensor, observation: Observation, config: InversionConfig, inits: Tensor | None) -> Tensor:

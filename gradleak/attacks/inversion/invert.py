@@ -70,6 +70,25 @@ def _init_images(shape, kind: str, generator: torch.Generator) -> torch.Tensor:
     raise ConfigError(f"unknown init {kind!r}; choose randn, uniform or gray")
 
 
+def pixel_lr(observation: Observation, config: InversionConfig) -> float:
+    """Adam's step in pixel units: IG's ``config.lr`` is in normalised-input units, so × mean(std)."""
+    std = observation.std
+    return config.lr * (sum(std) / len(std) if std else 1.0)
+
+
+def matching_terms(observation: Observation, config: InversionConfig, model: nn.Module):
+    """The objective, the weighted regularisers and the autocast dtype one attack configuration asks for."""
+    objective = OBJECTIVES.get(config.objective)(observation.gradient())
+    regularizers = [
+        (REGULARIZERS.get(name)(observation, model), float(weight))
+        for name, weight in config.regularizers.items()
+        if weight
+    ]
+    if config.precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {config.precision!r}; choose {', '.join(PRECISIONS)}")
+    return objective, regularizers, PRECISIONS[config.precision]
+
+
 def _step_milestones(iterations: int) -> list[int]:
     return [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
 
@@ -92,15 +111,7 @@ class GradientMatcher:
         for p in self.params:
             p.requires_grad_(True)
         self.labels = labels
-        self.objective = OBJECTIVES.get(config.objective)(observation.gradient())
-        self.regularizers = [
-            (REGULARIZERS.get(name)(observation, self.model), float(weight))
-            for name, weight in config.regularizers.items()
-            if weight
-        ]
-        if config.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {config.precision!r}; choose {', '.join(PRECISIONS)}")
-        self.dtype = PRECISIONS[config.precision]
+        self.objective, self.regularizers, self.dtype = matching_terms(observation, config, self.model)
 
     def _autocast(self):
         if self.dtype is None:
@@ -169,10 +180,7 @@ def _optimise(matcher: GradientMatcher, x0: torch.Tensor, config: InversionConfi
     history: list[tuple[int, float]] = []
     log_every = max(1, config.iterations // 50)
     if config.optimizer == "adam":
-        # IG optimises normalised inputs; in pixel space the same step is lr × std.
-        std = matcher.obs.std
-        scale = sum(std) / len(std) if std else 1.0
-        opt = torch.optim.Adam([x], lr=config.lr * scale)
+        opt = torch.optim.Adam([x], lr=pixel_lr(matcher.obs, config))
         sched = (
             torch.optim.lr_scheduler.MultiStepLR(opt, _step_milestones(config.iterations), gamma=0.1)
             if config.lr_decay
