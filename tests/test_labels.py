@@ -142,6 +142,27 @@ def test_label_estimate_expands_counts_to_sorted_labels():
     assert estimate.batch_size == 3
 
 
+def test_within_class_spread_removes_the_between_class_share():
+    from gradleak.attacks.labels.ilrg import within_class_spread
+
+    generator = torch.Generator().manual_seed(0)
+    spread = torch.randn(4000, C, generator=generator, dtype=torch.float64)
+    spread = spread - spread.mean(dim=0)
+    total = float((spread - spread.mean(dim=1, keepdim=True)).pow(2).sum(dim=1).mean())
+    counts = torch.tensor([2.0, 2.0] + [0.0] * (C - 2))
+    same = torch.zeros(C, C, dtype=torch.float64)
+    assert torch.equal(within_class_spread(spread, same, counts), spread)  # no between-class part
+    # two equally weighted class means ±d apart along a row-centred direction: between = |d|², so
+    # a between share of 3/4 of the total leaves half of the spread's scale
+    direction = torch.zeros(C, dtype=torch.float64)
+    direction[0], direction[1] = 1.0, -1.0
+    d = direction * (0.75 * total / float(direction.pow(2).sum())) ** 0.5
+    means = torch.zeros(C, C, dtype=torch.float64)
+    means[0], means[1] = d, -d
+    shrunk = within_class_spread(spread, means, counts)
+    assert torch.allclose(shrunk, 0.5 * spread)
+
+
 # --- real models ---------------------------------------------------------------------------
 
 

@@ -6,20 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
-from ..errors import ConfigError
+from ..config_files import read_yaml_mapping
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    data = read_yaml_mapping(path)
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 

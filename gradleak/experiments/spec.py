@@ -23,8 +23,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
+from ..config_files import read_yaml_mapping
 from ..errors import ConfigError
 from ..pipeline import AttackConfig
 
@@ -210,12 +210,5 @@ def build_experiment(data: dict[str, Any], source: Path | None = None, name: str
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment YAML file."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"experiment file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"experiment file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"experiment file {path} must hold a mapping with base: and grid:")
+    raw = read_yaml_mapping(path, "experiment file", "a mapping with base: and grid:", empty_ok=False)
     return build_experiment(raw, source=path.resolve())

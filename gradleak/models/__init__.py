@@ -12,6 +12,24 @@ from .convnet import ConvNet
 from .lenet import LeNet
 from .resnet import ResNet18
 
+def he_init(model: nn.Module) -> nn.Module:
+    """He et al. (ICCV 2015) initialisation of every convolution (normal, fan-out, ReLU gain; zero
+    bias), as torchvision initialises its ResNets.
+
+    PyTorch's default conv init shrinks the signal about 6× in variance per conv–ReLU layer. With
+    BatchNorm in eval mode at its initial statistics (identity), an untrained ConvNet-64 then
+    passes almost nothing of the image to its logits: a uniformly random image matches the true
+    image's gradient to cosine distance 0.007 and no attack can tell them apart. He init keeps the
+    signal (random image: 0.30; true image + 1 % noise: 0.03), the regime of a model in training.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
+
+
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 MODELS.add("lenet", LeNet)
 MODELS.add("convnet", ConvNet)
@@ -35,6 +53,8 @@ def build_model(
         model = factory(in_channels=c, num_classes=num_classes, image_size=h, width=width or DEFAULT_WIDTH[name])
         if isinstance(model, LeNet):
             model.reset_parameters_dlg()
+        elif isinstance(model, (ConvNet, ResNet18)):
+            he_init(model)
     return model
 
 

@@ -35,8 +35,8 @@ from tqdm.auto import tqdm
 from ...errors import ConfigError
 from ...threat import Observation
 from .guidance import Guidance
-from .invert import (GradientMatcher, InversionConfig, Reconstruction, _init_images, _optimise, matching_terms, pixel_lr,
-                     _step_milestones)
+from .invert import (GradientMatcher, InversionConfig, PixelAdam, Reconstruction, _init_images, _optimise,
+                     matching_terms, pixel_lr)
 from .regularizers import REGULARIZERS
 
 
@@ -173,6 +173,20 @@ def _initial_images(labels: Tensor, observation: Observation, config: InversionC
     return inits.clone()
 
 
+def _check_problem(observation, labels, config, guidance, guidance_targets):
+    """Validated ``(labels, guidance_targets)``; the targets default to the labels when guided."""
+    labels = _check_labels(labels, observation.num_classes)
+    if config.iterations < 1 or config.restarts < 1:
+        raise ConfigError("iterations and restarts must be at least 1")
+    if guidance is not None and guidance_targets is None:
+        guidance_targets = labels
+    if guidance_targets is not None:
+        guidance_targets = _check_labels(guidance_targets, observation.num_classes)
+        if guidance_targets.shape != labels.shape:
+            raise ConfigError(f"guidance targets {tuple(guidance_targets.shape)} do not match labels {tuple(labels.shape)}")
+    return labels, guidance_targets
+
+
 def invert_batched(
     observation: Observation,
     labels: Tensor,
@@ -189,20 +203,12 @@ def invert_batched(
     pixels (default: :func:`invert`'s draws, shared by all candidates). Per candidate the restart
     with the lowest final matching loss is kept. Adam only: L-BFGS line searches couple problems.
     """
-    labels = _check_labels(labels, observation.num_classes)
-    if config.iterations < 1 or config.restarts < 1:
-        raise ConfigError("iterations and restarts must be at least 1")
+    labels, guidance_targets = _check_problem(observation, labels, config, guidance, guidance_targets)
     if config.optimizer != "adam":
         raise ConfigError(f"batched inversion needs the adam optimiser (got {config.optimizer!r}); "
                           "L-BFGS line searches cannot be batched across candidates")
     k, b = labels.shape
     r = config.restarts
-    if guidance is not None and guidance_targets is None:
-        guidance_targets = labels
-    if guidance_targets is not None:
-        guidance_targets = _check_labels(guidance_targets, observation.num_classes)
-        if guidance_targets.shape != labels.shape:
-            raise ConfigError(f"guidance targets {tuple(guidance_targets.shape)} do not match labels {tuple(labels.shape)}")
     x0 = _initial_images(labels, observation, config, inits)
     # Problem p = candidate p // R, restart p % R.
     flat_labels = labels.repeat_interleave(r, dim=0)
@@ -211,26 +217,15 @@ def invert_batched(
 
     start = time.perf_counter()
     x = x0.reshape(k * r, *x0.shape[2:]).requires_grad_(True)
-    opt = torch.optim.Adam([x], lr=pixel_lr(observation, config))
-    sched = (torch.optim.lr_scheduler.MultiStepLR(opt, _step_milestones(config.iterations), gamma=0.1)
-             if config.lr_decay else None)
+    optimiser = PixelAdam(x, pixel_lr(observation, config), config)
     log_every = max(1, config.iterations // 50)
     history: list[tuple[int, list[float]]] = []
     bar = tqdm(total=config.iterations, disable=not progress, desc=f"inverting {k * r} at once", unit="it",
                leave=False, mininterval=0.5)
     try:
         for it in range(config.iterations):
-            opt.zero_grad(set_to_none=True)
             matching, total, _ = matcher.losses(x)
-            (x.grad,) = torch.autograd.grad(total.sum(), [x])
-            if config.signed:
-                x.grad.sign_()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            if config.boxed:
-                with torch.no_grad():
-                    x.clamp_(0, 1)
+            optimiser.step(total.sum())
             if it % log_every == 0 or it == config.iterations - 1:
                 values = matching.detach().tolist()
                 history.append((it, values))
@@ -275,13 +270,7 @@ def invert_sequential(
     """The same K × R problems as :func:`invert_batched`, one at a time through :func:`invert`'s own
     loop (:class:`GradientMatcher` plus the ``guidance`` regulariser): the reference the batched
     search is tested and benchmarked against, and the path for L-BFGS."""
-    labels = _check_labels(labels, observation.num_classes)
-    if config.iterations < 1 or config.restarts < 1:
-        raise ConfigError("iterations and restarts must be at least 1")
-    if guidance is not None and guidance_targets is None:
-        guidance_targets = labels
-    if guidance_targets is not None:
-        guidance_targets = _check_labels(guidance_targets, observation.num_classes)
+    labels, guidance_targets = _check_problem(observation, labels, config, guidance, guidance_targets)
     k, r = labels.shape[0], config.restarts
     x0 = _initial_images(labels, observation, config, inits)
     start = time.perf_counter()

@@ -93,6 +93,28 @@ def _step_milestones(iterations: int) -> list[int]:
     return [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
 
 
+class PixelAdam:
+    """IG's pixel optimiser: Adam on the (signed) pixel gradient, step decay at 3/8, 5/8 and 7/8
+    of the budget, and the [0, 1] box; shared by the sequential and the batched engines."""
+
+    def __init__(self, x: torch.Tensor, lr: float, config: InversionConfig):
+        self.x, self.config = x, config
+        self.opt = torch.optim.Adam([x], lr=lr)
+        self.sched = (torch.optim.lr_scheduler.MultiStepLR(self.opt, _step_milestones(config.iterations), gamma=0.1)
+                      if config.lr_decay else None)
+
+    def step(self, total: torch.Tensor) -> None:
+        """One update of ``x`` down the gradient of the scalar ``total``."""
+        (grad,) = torch.autograd.grad(total, [self.x])
+        self.x.grad = grad.sign() if self.config.signed else grad
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+        if self.config.boxed:
+            with torch.no_grad():
+                self.x.clamp_(0, 1)
+
+
 class GradientMatcher:
     """Computes the matching loss (and regularisers) for dummy images against one observation.
 
@@ -180,24 +202,10 @@ def _optimise(matcher: GradientMatcher, x0: torch.Tensor, config: InversionConfi
     history: list[tuple[int, float]] = []
     log_every = max(1, config.iterations // 50)
     if config.optimizer == "adam":
-        opt = torch.optim.Adam([x], lr=pixel_lr(matcher.obs, config))
-        sched = (
-            torch.optim.lr_scheduler.MultiStepLR(opt, _step_milestones(config.iterations), gamma=0.1)
-            if config.lr_decay
-            else None
-        )
+        optimiser = PixelAdam(x, pixel_lr(matcher.obs, config), config)
         for it in range(config.iterations):
-            opt.zero_grad(set_to_none=True)
             matching, total = matcher.matching_loss(x)
-            (x.grad,) = torch.autograd.grad(total, [x])
-            if config.signed:
-                x.grad.sign_()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            if config.boxed:
-                with torch.no_grad():
-                    x.clamp_(0, 1)
+            optimiser.step(total)
             if it % log_every == 0 or it == config.iterations - 1:
                 history.append((it, float(matching.detach())))
                 bar.set_postfix(restart=restart, loss=f"{float(matching.detach()):.4g}")

@@ -29,7 +29,8 @@ classes' ``∇b_c`` is near 0 or positive and their embeddings are wrong; accura
   mean; precise when some ``|g_c|`` is large) and the mean logit of dummy inputs sent through θ;
 - ``p̄_c = mean_d softmax(u_c + ζ_d)`` and ``R_c`` use ``ζ_d``, the logit deviations of dummy
   inputs (:func:`~gradleak.attacks.labels.base.dummy_images`), for the within-class spread of
-  predictions (the mean of softmax is not the softmax of the mean);
+  predictions (the mean of softmax is not the softmax of the mean), shrunk by the spread the
+  class means ``u_c`` already account for (:func:`within_class_spread`);
 - start from the dummies' own estimate ``k = B · mean_d softmax(z_d) − g`` (iLRG's counts can be
   wild when ∇b ≈ 0, e.g. after several FedAvg steps) and iterate with the counts from step 3
   (solved with bounds ``⌈−B ∇b_c⌉ ≤ k_c ≤ B``; the lower
@@ -107,6 +108,29 @@ def _require_bias(layer: LastLayer, method: str) -> None:
         raise ConfigError(f"{method} needs a bias in the last linear layer; use llg, geng or idlg for bias-free models")
 
 
+def within_class_spread(spread: torch.Tensor, class_means: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Shrink the inputs' logit deviations to the within-class spread.
+
+    The inputs' spread is the batch's total spread (within + between classes), but each class's
+    predictions vary only by the within-class part around its own mean ``u_c``. Too wide a spread
+    flattens the mean softmax of the dominant classes and biases their counts (on untrained
+    LeNet: +1 for a minority class, −1 for the dominant one in most batches at B = 32). Scaled by
+    ``α = √(1 − between / total)``, with ``between`` the count-weighted variance of the ``u_c``;
+    both measured on softmax-invariant (row-centred) logits.
+    """
+    weights = counts.clamp(min=0)
+    if float(weights.sum()) <= 0:
+        return spread
+    weights = weights / weights.sum()
+    means = class_means - class_means.mean(dim=1, keepdim=True)
+    centred = means - (weights[:, None] * means).sum(dim=0)
+    between = float((weights * centred.pow(2).sum(dim=1)).sum())
+    total = float((spread - spread.mean(dim=1, keepdim=True)).pow(2).sum(dim=1).mean())
+    if total <= 0:
+        return spread
+    return spread * max(0.0, 1.0 - between / total) ** 0.5
+
+
 def _spread_moments(class_means: torch.Tensor, spread: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``p̄_j = mean_d softmax(u_j + ζ_d)`` and ``R_c = Σ_j k_j mean_d softmax(u_j + ζ_d)_c ζ_d``.
 
@@ -158,7 +182,7 @@ def refined_real_counts(layer: LastLayer, batch_size: int, dummy_features: torch
         else:
             batch_mean = dummy_mean
         class_means = batch_mean[None, :] - (mean_pulls - g[:, None] * batch_mean[None, :]) / floored[:, None] + bias
-        mean_probs, covariance_pull = _spread_moments(class_means, spread, counts)
+        mean_probs, covariance_pull = _spread_moments(class_means, within_class_spread(spread, class_means, counts), counts)
         updated = solve_counts_bounded(mean_probs, grad_bias, batch_size, lower)
         converged = torch.allclose(updated, counts, atol=1e-6)
         counts = updated
