@@ -99,3 +99,24 @@ def test_bad_updates_are_refused_with_a_clear_message(corrupt, message):
         ThreatModel().observe(model, bad, (1, 8, 8), 10)
     with pytest.raises(UpdateError):
         ThreatModel().observe(build_model("lenet", (1, 8, 8), 10), upd, (1, 8, 8), 10)
+
+
+def _gradient_distance(model: nn.Module, x: torch.Tensor, y: torch.Tensor, other: torch.Tensor) -> float:
+    def flat_gradient(images):
+        loss = nn.functional.cross_entropy(model((images - 0.5) / 0.25), y)
+        return torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))])
+
+    a, b = flat_gradient(x), flat_gradient(other)
+    return float(1 - a @ b / (a.norm() * b.norm()))
+
+
+def test_untrained_convnet_in_eval_mode_has_an_image_dependent_gradient():
+    # With PyTorch's default conv init the eval-mode signal vanishes with depth and a random image
+    # matches the true gradient to cosine distance ≈ 0.007: nothing to invert.
+    model = build_model("convnet", (3, 32, 32), 10, width=8, seed=0).eval()
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.rand(1, 3, 32, 32, generator=gen), torch.tensor([3])
+    unrelated = _gradient_distance(model, x, y, torch.rand(1, 3, 32, 32, generator=gen))
+    nearby = _gradient_distance(model, x, y, (x + 0.01 * torch.randn(x.shape, generator=gen)).clamp(0, 1))
+    assert unrelated > 0.05
+    assert nearby < unrelated / 3
