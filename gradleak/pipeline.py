@@ -44,6 +44,7 @@ class AttackConfig:
     knows_local_schedule: bool = True
     # attack
     labels: str = "auto"  # label-recovery strategy, or "auto" (the default strategy)
+    label_aux: str = "none"  # "public": label recovery may use the public split's images; "none": dummies
     attack: str = "ig"
     iterations: int | None = None  # None: the preset's
     restarts: int = 1
@@ -171,7 +172,16 @@ def attack_observation(
     if obs.labels is not None:
         labels, label_method = obs.labels, "granted"
     else:
-        estimate = recover_labels(obs) if cfg.labels == "auto" else recover_labels(obs, cfg.labels)
+        aux = None
+        if cfg.label_aux == "public":
+            from .attacks.labels import AuxData
+
+            if public is None:
+                raise ConfigError("label_aux=public needs the attacker's public data")
+            aux = AuxData(public.images, public.labels)
+        elif cfg.label_aux != "none":
+            raise ConfigError(f"unknown label_aux {cfg.label_aux!r}; choose none or public")
+        estimate = recover_labels(obs, *(() if cfg.labels == "auto" else (cfg.labels,)), aux=aux)
         labels, label_method = estimate.labels, estimate.method
     if cfg.guidance == "none":
         recon = invert(obs, labels, inversion_config(cfg, obs.input_shape), progress=progress)
@@ -256,7 +266,7 @@ def run_attack(
     obs = threat_model(cfg).observe(model, update, data.input_shape, data.num_classes, data.mean, data.std,
                                     batch_size=x.shape[0], labels=y, class_names=data.class_names)
     public = None
-    if cfg.guidance != "none" and cfg.guide == "classifier":
+    if (cfg.guidance != "none" and cfg.guide == "classifier") or cfg.label_aux == "public":
         from .data import load_dataset
 
         public = load_dataset(cfg.dataset, public_split(cfg.split), cfg.data_dir)
@@ -314,6 +324,19 @@ def load_update(path: str | Path) -> ClientUpdate:
         raise UpdateError(f"{path}: unknown update kind {kind!r}")
     return ClientUpdate(kind, names, tensors, int(payload.get("local_steps") or 1), payload.get("lr"),
                         payload.get("local_batch_size"))
+
+
+def public_label_aux(label_aux: str, dataset: str, split: str, data_dir: str | None):
+    """The public images label recovery may use under ``label_aux`` ("public" or "none")."""
+    if label_aux == "none":
+        return None
+    if label_aux != "public":
+        raise ConfigError(f"unknown label_aux {label_aux!r}; choose none or public")
+    from .attacks.labels import AuxData
+    from .data import load_dataset
+
+    public = load_dataset(dataset, public_split(split), data_dir)
+    return AuxData(public.images, public.labels)
 
 
 def public_split(split: str) -> str:

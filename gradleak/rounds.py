@@ -82,7 +82,7 @@ def run_rounds(cfg: RoundsConfig, out_dir: str | Path | None = None, progress: b
         update = simulate_client(model, x, y, UpdateConfig(a.update, a.local_steps, a.local_lr, a.local_batch_size),
                                  data.mean, data.std)
         obs = threat_model(a).observe(model, update, data.input_shape, c, data.mean, data.std, batch_size=b)
-        outcome = attack_observation(obs, replace(a, seed=a.seed + r), progress=False)
+        outcome = attack_observation(obs, replace(a, seed=a.seed + r), progress=False, public=public)
         ev = evaluate_outcome(outcome, x, y, c)
         # The attacker does not know the index → name map: label without the gradient's counts.
         sem = label_images(labeller, outcome.reconstruction.images, names)

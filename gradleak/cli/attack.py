@@ -38,6 +38,8 @@ def attack_options(f):
                      help="Threat model grants the BN statistics of the client's batch."),
         click.option("--labels", default=_D.labels, show_default=True,
                      help="Label-recovery strategy when labels are not granted (auto = default strategy)."),
+        click.option("--label-aux", type=click.Choice(["none", "public"]), default=_D.label_aux, show_default=True,
+                     help="public: label recovery may use the other split's images instead of dummy inputs."),
         click.option("--attack", type=click.Choice(["ig", "dlg"]), default=_D.attack, show_default=True),
         click.option("--iterations", type=int, default=None, help="Optimisation steps (default: the preset's)."),
         click.option("--restarts", type=int, default=_D.restarts, show_default=True),

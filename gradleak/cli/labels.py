@@ -25,6 +25,8 @@ from . import cli
 @click.option("--update", type=click.Choice(["fedsgd", "fedavg"]), default="fedsgd", show_default=True)
 @click.option("--local-steps", type=int, default=1, show_default=True)
 @click.option("--local-lr", type=float, default=0.1, show_default=True)
+@click.option("--label-aux", type=click.Choice(["none", "public"]), default="none", show_default=True,
+              help="public: llg+ and ilrg-dummy may use the other split's images instead of dummy inputs.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="runs/labels", show_default=True)
 @click.option("--quiet", "-q", is_flag=True)

@@ -33,6 +33,8 @@ class LabelSweepConfig:
     trials: int = 10
     methods: Sequence[str] = field(default_factory=lambda: ["all"])
     seed: int = 0
+    # "public": the attacker holds the other split's images (for llg+ and ilrg-dummy); "none": dummies
+    label_aux: str = "none"
 
 
 def run_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> list[dict]:
@@ -43,6 +45,7 @@ def run_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> list[dict]:
     from ...models import build_model
     from ...models.train import train_victim
     from ...pipeline import public_split, set_client_mode
+    from ...pipeline import public_label_aux
     from . import LABEL_STRATEGIES, recover_labels
 
     methods = list(LABEL_STRATEGIES.names()) if list(cfg.methods) == ["all"] else list(cfg.methods)
@@ -57,6 +60,7 @@ def run_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> list[dict]:
         public = load_dataset(cfg.dataset, public_split(cfg.split), cfg.data_dir)
         train_victim(model, public.images, public.labels, cfg.trained_steps, data.mean, data.std, seed=cfg.seed)
     set_client_mode(model, cfg.client_mode)
+    aux = public_label_aux(cfg.label_aux, cfg.dataset, cfg.split, cfg.data_dir)
     update_cfg = UpdateConfig(cfg.update, cfg.local_steps, cfg.local_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     rows = []
@@ -72,7 +76,7 @@ def run_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> list[dict]:
                 started = time.perf_counter()
                 row = {"method": method, "batch_size": b, "trial": trial, "random_baseline": baseline}
                 try:
-                    est = recover_labels(obs, method)
+                    est = recover_labels(obs, method, aux)
                 except GradleakError as exc:
                     row.update(accuracy=None, exact=None, error=str(exc))
                 else:
