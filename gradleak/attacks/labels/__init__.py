@@ -20,10 +20,10 @@ LeNet on digits, full-batch local steps, 10 batches each, mean order-free accura
     K = 5,  η = 0.1          0.887    0.825    0.800
     K = 10, η = 0.1          0.787    0.725    0.695   (below the random baseline at B = 64)
 
-BatchNorm models degrade faster (ConvNet width 16 on digits, B = 64, 5 batches: 0.984 at K = 1,
-0.78 at K = 5, η = 0.1 and 0.83 at K = 10, η = 0.01, against a random baseline of 0.78); every
-strategy is near the baseline there. On CIFAR-10 the same LeNet (DLG's ±0.5 init, large gradients)
-drifts further: K = 5, η = 0.01 gives 0.81 / 0.68 / 0.63 at B = 8 / 16 / 64 (random 0.44 / 0.58 /
+BatchNorm models degrade faster (ConvNet width 16 on digits, B = 64, 5 batches, ``gradleak labels``:
+0.984 at K = 1, 0.75 at K = 5, η = 0.1 and 0.83 at K = 10, η = 0.01, against a random baseline of
+0.80); every strategy is near the baseline there. On CIFAR-10 the same LeNet (DLG's ±0.5 init,
+large gradients) drifts further: K = 5, η = 0.01 gives 0.81 / 0.68 / 0.63 at B = 8 / 16 / 64 (random 0.44 / 0.58 /
 0.80; ``gradleak labels --update fedavg --local-steps 5 --local-lr 0.01``), and geng and ilrg fail
 even at B = 1.
 
