@@ -38,7 +38,7 @@ classes' ``∇b_c`` is near 0 or positive and their embeddings are wrong; accura
   at B = 1 unless the sample is already fit) until they settle.
 
 Untrained, CIFAR-10 test images, 10 batches per size (``gradleak labels``), B ≤ 128: ResNet-18
-1.000, ConvNet-64 ≥ 0.987, LeNet (DLG's init) 0.975–1.000. LeNet's errors are one sample moved
+1.000, ConvNet-64 ≥ 0.990, LeNet (DLG's init) 0.988–1.000. LeNet's errors are one sample moved
 between the two classes it predicts for almost every image (5 and 3 at seed 0), in either
 direction: how the batch's predictions spread between those two is not fixed by the last layer.
 """
