@@ -165,23 +165,15 @@ def attack_observation(
     upper-bound experiment); ``public`` is the attacker's public dataset for the classifier guide.
     """
     from .attacks.inversion import invert
-    from .attacks.labels import recover_labels
+    from .attacks.labels import DEFAULT_METHOD, recover_labels
 
     started = time.perf_counter()
     estimate = None
     if obs.labels is not None:
         labels, label_method = obs.labels, "granted"
     else:
-        aux = None
-        if cfg.label_aux == "public":
-            from .attacks.labels import AuxData
-
-            if public is None:
-                raise ConfigError("label_aux=public needs the attacker's public data")
-            aux = AuxData(public.images, public.labels)
-        elif cfg.label_aux != "none":
-            raise ConfigError(f"unknown label_aux {cfg.label_aux!r}; choose none or public")
-        estimate = recover_labels(obs, *(() if cfg.labels == "auto" else (cfg.labels,)), aux=aux)
+        method = DEFAULT_METHOD if cfg.labels == "auto" else cfg.labels
+        estimate = recover_labels(obs, method, label_aux_data(cfg.label_aux, public))
         labels, label_method = estimate.labels, estimate.method
     if cfg.guidance == "none":
         recon = invert(obs, labels, inversion_config(cfg, obs.input_shape), progress=progress)
@@ -326,16 +318,17 @@ def load_update(path: str | Path) -> ClientUpdate:
                         payload.get("local_batch_size"))
 
 
-def public_label_aux(label_aux: str, dataset: str, split: str, data_dir: str | None):
-    """The public images label recovery may use under ``label_aux`` ("public" or "none")."""
+def label_aux_data(label_aux: str, public=None):
+    """What label recovery may use under ``label_aux``: nothing ("none", dummy inputs) or the
+    attacker's ``public`` dataset ("public")."""
     if label_aux == "none":
         return None
     if label_aux != "public":
         raise ConfigError(f"unknown label_aux {label_aux!r}; choose none or public")
+    if public is None:
+        raise ConfigError("label_aux=public needs the attacker's public data")
     from .attacks.labels import AuxData
-    from .data import load_dataset
 
-    public = load_dataset(dataset, public_split(split), data_dir)
     return AuxData(public.images, public.labels)
 
 

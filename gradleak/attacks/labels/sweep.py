@@ -44,8 +44,7 @@ def run_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> list[dict]:
     from ...metrics import label_accuracy, random_baseline
     from ...models import build_model
     from ...models.train import train_victim
-    from ...pipeline import public_split, set_client_mode
-    from ...pipeline import public_label_aux
+    from ...pipeline import label_aux_data, public_split, set_client_mode
     from . import LABEL_STRATEGIES, recover_labels
 
     methods = list(LABEL_STRATEGIES.names()) if list(cfg.methods) == ["all"] else list(cfg.methods)
@@ -55,12 +54,13 @@ def run_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> list[dict]:
     too_big = [b for b in cfg.batch_sizes if b > len(data) or b < 1]
     if too_big:
         raise ConfigError(f"batch sizes {too_big} do not fit the {len(data)} images of {cfg.dataset} {cfg.split}")
+    public = (load_dataset(cfg.dataset, public_split(cfg.split), cfg.data_dir)
+              if cfg.trained_steps or cfg.label_aux == "public" else None)
+    aux = label_aux_data(cfg.label_aux, public)
     model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.width, seed=cfg.seed)
     if cfg.trained_steps:
-        public = load_dataset(cfg.dataset, public_split(cfg.split), cfg.data_dir)
         train_victim(model, public.images, public.labels, cfg.trained_steps, data.mean, data.std, seed=cfg.seed)
     set_client_mode(model, cfg.client_mode)
-    aux = public_label_aux(cfg.label_aux, cfg.dataset, cfg.split, cfg.data_dir)
     update_cfg = UpdateConfig(cfg.update, cfg.local_steps, cfg.local_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     rows = []
