@@ -355,17 +355,23 @@ def claim_b4_beats_random(runs: Sequence[Run]) -> Claim:
     return Claim(text, HELD if ratio >= 2.0 else NOT_HELD, evidence)
 
 
+def _paired_improvement(text: str, pairs, better: str, base: str, unit: str, base_ceiling: str) -> Claim:
+    """HELD when the second value of the ``(base, better)`` pairs beats the first by more than
+    MIN_EFFECT on average; not measured when the base already sits at the ceiling."""
+    base_stat, better_stat = stat(b for b, _ in pairs), stat(v for _, v in pairs)
+    evidence = f"{better} {better_stat.text()} vs {base} {base_stat.text()} over {len(pairs)} {unit}."
+    if base_stat.mean >= 1.0 - MIN_EFFECT:
+        return Claim(text, NOT_MEASURED, evidence + f" {base_ceiling} is already at the ceiling.")
+    return Claim(text, HELD if better_stat.mean > base_stat.mean + MIN_EFFECT else NOT_HELD, evidence)
+
+
 def claim_aggregation_helps(runs: Sequence[Run]) -> Claim:
     text = "Aggregating label evidence (over restarts/rounds) improves label recovery."
     pairs = [(r.value("semantic_accuracy"), r.value(AGGREGATED_KEYS)) for r in runs]
     pairs = [(s, a) for s, a in pairs if s is not None and a is not None]
     if not pairs:
         return Claim(text, NOT_MEASURED, "no run recorded both single-round and aggregated semantic accuracy")
-    single, agg = stat(s for s, _ in pairs), stat(a for _, a in pairs)
-    evidence = f"aggregated {agg.text()} vs single {single.text()} over {len(pairs)} run(s)."
-    if single.mean >= 1.0 - MIN_EFFECT:
-        return Claim(text, NOT_MEASURED, evidence + " Single-round accuracy is already at the ceiling.")
-    return Claim(text, HELD if agg.mean > single.mean + MIN_EFFECT else NOT_HELD, evidence)
+    return _paired_improvement(text, pairs, "aggregated", "single", "run(s)", "Single-round accuracy")
 
 
 def claim_oracle_guidance_helps(runs: Sequence[Run]) -> Claim:
@@ -380,11 +386,7 @@ def claim_oracle_guidance_helps(runs: Sequence[Run]) -> Claim:
     pairs = [(d["none"], d["oracle"]) for d in paired.values() if "none" in d and "oracle" in d]
     if not pairs:
         return Claim(text, NOT_MEASURED, "no runs compared oracle guidance with no guidance")
-    none, oracle = stat(n for n, _ in pairs), stat(o for _, o in pairs)
-    evidence = f"SSIM with oracle guidance {oracle.text()} vs none {none.text()} over {len(pairs)} pair(s)."
-    if none.mean >= 1.0 - MIN_EFFECT:
-        return Claim(text, NOT_MEASURED, evidence + " SSIM without guidance is already at the ceiling.")
-    return Claim(text, HELD if oracle.mean > none.mean + MIN_EFFECT else NOT_HELD, evidence)
+    return _paired_improvement(text, pairs, "SSIM with oracle guidance", "none", "pair(s)", "SSIM without guidance")
 
 
 CLAIMS: tuple[Callable[[Sequence[Run]], Claim], ...] = (
