@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,3 +22,21 @@ def cifar10_dir() -> Path:
             "set GRADLEAK_CIFAR10_DIR to a cifar-10-batches-py folder"
         )
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread: on a shared 2-core machine a second intra-op thread
+    mostly waits (measured 10–20× slower training under load). Use with ``pytestmark``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The embedded digits test split."""
+    from gradleak.data import load_dataset
+
+    return load_dataset("digits", "test")

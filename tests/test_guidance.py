@@ -17,21 +17,7 @@ from gradleak.metrics import evaluate_images
 from gradleak.models import build_model
 from gradleak.threat import ThreatModel, simulate_client
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and a shared machine's cores are oversubscribed."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from gradleak.data import load_dataset
-
-    return load_dataset("digits", "test")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,7 @@ from gradleak.threat import ThreatModel, UpdateConfig, simulate_client
 
 C = 10
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # these models are tiny: on a busy machine, thread hand-offs cost more than the arithmetic
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ConstantFeatures(nn.Module):
@@ -164,13 +157,6 @@ def test_within_class_spread_removes_the_between_class_share():
 
 
 # --- real models ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def digits():
-    from gradleak.data import load_dataset
-
-    return load_dataset("digits", "test")
 
 
 def trained_lenet(digits, steps: int) -> nn.Module:

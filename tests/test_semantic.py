@@ -42,15 +42,7 @@ from gradleak.semantic import (
 
 NAMES = ["cat", "dog", "ship"]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # These models are tiny: on a shared 2-core machine a second intra-op thread mostly waits
-    # (measured 10–20× slower training under load), so run this module single-threaded.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- tiny CLIP ---------------------------------------------------------------------------------
