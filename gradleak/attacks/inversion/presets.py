@@ -10,7 +10,10 @@ from .invert import InversionConfig
 PRESETS: Registry[InversionConfig] = Registry("attack preset")
 
 # Inverting Gradients (Geiping et al. 2020): cosine + TV, signed Adam lr 0.1, decay at 3/8, 5/8, 7/8.
-PRESETS.add("ig", InversionConfig(objective="cosine", regularizers={"tv": 0.05}, optimizer="adam",
+# TV 0.3 (breaching uses 0.2): on untrained ConvNet-16, 6 CIFAR-10 test images, 1000 iterations, mean
+# SSIM / PSNR 0.14 / 13.8 dB with TV 0.05, 0.20 / 15.3 with 0.3, 0.22 / 15.3 with 1.0; PSNR rose on
+# all six. Images under MIN_SIDE_FOR_TV pixels (digits) get no TV unless asked (pipeline.py).
+PRESETS.add("ig", InversionConfig(objective="cosine", regularizers={"tv": 0.3}, optimizer="adam",
                                   lr=0.1, signed=True, lr_decay=True, init="randn"))
 # Deep Leakage from Gradients (Zhu et al. 2019): L2 matching, L-BFGS lr 1, no prior.
 PRESETS.add("dlg", InversionConfig(objective="l2", regularizers={}, optimizer="lbfgs", lr=1.0,
