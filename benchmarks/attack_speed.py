@@ -5,7 +5,7 @@ way every toolkit writes it: ``autograd.grad(create_graph=True)``, a per-tensor 
 signed Adam, in fp32. gradleak's loop is timed in fp32 and bf16 autocast. The public toolkit
 breaching measured 0.165 s/it (B=1) and 0.589 s/it (B=4) on this machine class.
 
-    python benchmarks/attack_speed.py [--iterations 20] [--batch-sizes 1 4] [--threads N]
+    python benchmarks/attack_speed.py [--iterations 20] [--batch-sizes 1 4] [--threads N] [--client-mode eval]
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ BREACHING = {1: 0.165, 4: 0.589}
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
-def observation(batch_size: int):
+def observation(batch_size: int, client_mode: str = "train"):
     torch.manual_seed(0)
-    model = build_model("convnet", (3, 32, 32), 10, width=64, seed=0).train()
+    model = build_model("convnet", (3, 32, 32), 10, width=64, seed=0).train(client_mode == "train")
     x, y = torch.rand(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
     update = simulate_client(model, x, y, mean=MEAN, std=STD)
     obs = ThreatModel(knows_labels=True).observe(model, update, (3, 32, 32), 10, MEAN, STD, batch_size, y)
@@ -90,13 +90,16 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--client-mode", choices=["train", "eval"], default="train",
+                        help="BN mode of the victim: train (batch statistics) or eval (gradleak attack's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.iterations} timed iterations")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.iterations} timed iterations, "
+          f"BN in {args.client_mode} mode")
     print(f"{'B':>3} {'loop':<22} {'s/iter':>8} {'vs reference':>13} {'vs breaching':>13}")
     for b in args.batch_sizes:
-        obs, labels = observation(b)
+        obs, labels = observation(b, args.client_mode)
         ref = reference_loop(obs, labels, args.iterations)
         rows = [("reference fp32", ref)]
         for precision in ("fp32", "bf16"):
