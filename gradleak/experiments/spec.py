@@ -23,7 +23,6 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-
 from ..config_files import read_yaml_mapping
 from ..errors import ConfigError
 from ..pipeline import AttackConfig

@@ -12,6 +12,7 @@ from .convnet import ConvNet
 from .lenet import LeNet
 from .resnet import ResNet18
 
+
 def he_init(model: nn.Module) -> nn.Module:
     """He et al. (ICCV 2015) initialisation of every convolution (normal, fan-out, ReLU gain; zero
     bias), as torchvision initialises its ResNets.
