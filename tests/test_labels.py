@@ -173,6 +173,24 @@ def trained_lenet(digits, steps: int) -> nn.Module:
     return model
 
 
+def test_feature_samples_are_reused_only_for_the_same_inputs(digits):
+    from gradleak.attacks.labels.base import AuxData, sample_features
+
+    model = build_model("lenet", digits.input_shape, C, seed=0)
+    obs = observe(model, digits.images[:4], digits.labels[:4], mean=digits.mean, std=digits.std)
+    public = AuxData(digits.images[100:300], digits.labels[100:300])
+    dummies = sample_features(obs, 4, min_samples=64)
+    assert sample_features(obs, 4, min_samples=64) is dummies
+    from_public = sample_features(obs, 4, public, min_samples=64)
+    assert from_public is not dummies and not torch.equal(from_public.features, dummies.features)
+    assert sample_features(obs, 4, public, min_samples=64) is from_public
+    copy_of_public = AuxData(public.images.clone(), public.labels)
+    again = sample_features(obs, 4, copy_of_public, min_samples=64)
+    assert again is not from_public and torch.equal(again.features, from_public.features)
+    assert sample_features(obs, 4, min_samples=64) is not dummies  # the cache keeps one entry per model
+    assert torch.equal(sample_features(obs, 4, min_samples=64).features, dummies.features)
+
+
 @pytest.mark.parametrize("steps", [0, 20])
 def test_idlg_exact_on_real_lenet_untrained_and_trained(digits, steps):
     model = trained_lenet(digits, steps)

@@ -170,9 +170,12 @@ def dummy_images(count: int, shape: tuple[int, ...], generator: torch.Generator)
     return (brightness + contrast * field).clamp(0.0, 1.0)
 
 
-# Several strategies send the same dummies through the same observation's model: keep the last
-# result per model (a fixed seed makes it the same dummies every time).
-_FEATURE_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, FeatureSample]]" = weakref.WeakKeyDictionary()
+# Several strategies send the same inputs through the same observation's model: keep the last
+# result per model (a fixed seed draws the same dummies, or the same aux images, every time). The
+# entry holds the aux images it came from, so an identity check cannot match a recycled tensor.
+_FEATURE_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, Optional[torch.Tensor], FeatureSample]]" = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def sample_features(
@@ -198,9 +201,10 @@ def sample_features(
         batch_size, min_samples, seed, obs.model.training, obs.input_shape, obs.mean, obs.std,
         tuple(p._version for p in obs.model.parameters()),
     )
-    cached = _FEATURE_CACHE.get(obs.model) if aux is None else None  # only dummies are cached
-    if cached is not None and cached[0] == key:
-        return cached[1]
+    source = None if aux is None else aux.images
+    cached = _FEATURE_CACHE.get(obs.model)
+    if cached is not None and cached[0] == key and cached[1] is source:
+        return cached[2]
     layer = read_last_layer(obs)
     model = copy.deepcopy(obs.model)
     device = next(model.parameters()).device
@@ -221,6 +225,5 @@ def sample_features(
     features = torch.cat([h.flatten(1) for h, _ in captured]).double().cpu()
     logits = torch.cat([z for _, z in captured]).double().cpu()
     sample = FeatureSample(features=features, probs=torch.softmax(logits, dim=1))
-    if aux is None:
-        _FEATURE_CACHE[obs.model] = (key, sample)
+    _FEATURE_CACHE[obs.model] = (key, source, sample)
     return sample
