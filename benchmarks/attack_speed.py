@@ -6,6 +6,10 @@ signed Adam, in fp32. gradleak's loop is timed in fp32 and bf16 autocast. The pu
 breaching measured 0.165 s/it (B=1) and 0.589 s/it (B=4) on this machine class.
 
     python benchmarks/attack_speed.py [--iterations 20] [--batch-sizes 1 4] [--threads N] [--client-mode eval]
+                                      [--allocator default]
+
+``--allocator tuned`` (the default, as in the CLI) applies :func:`gradleak.runtime.tune_allocator` to
+the whole process, so the reference loop gets it too; ``default`` leaves glibc as it is.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from torch import nn
 from gradleak.attacks.inversion import InversionConfig
 from gradleak.attacks.inversion.invert import GradientMatcher, _optimise
 from gradleak.models import build_model
+from gradleak.runtime import tune_allocator
 from gradleak.threat import ThreatModel, simulate_client
 
 BREACHING = {1: 0.165, 4: 0.589}
@@ -92,11 +97,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--client-mode", choices=["train", "eval"], default="train",
                         help="BN mode of the victim: train (batch statistics) or eval (gradleak attack's default)")
+    parser.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
+                        help="glibc malloc settings for the whole process (see gradleak.runtime)")
     args = parser.parse_args()
+    tuned = args.allocator == "tuned" and tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.iterations} timed iterations, "
-          f"BN in {args.client_mode} mode")
+          f"BN in {args.client_mode} mode, allocator {'tuned' if tuned else 'default'}")
     print(f"{'B':>3} {'loop':<22} {'s/iter':>8} {'vs reference':>13} {'vs breaching':>13}")
     for b in args.batch_sizes:
         obs, labels = observation(b, args.client_mode)

@@ -10,6 +10,7 @@ import sys
 import click
 
 from ..errors import GradleakError
+from ..runtime import tune_allocator
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -33,6 +34,7 @@ def _load_commands() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors end with one line on stderr and exit status 2, never a traceback."""
     _load_commands()
+    tune_allocator()
     try:
         cli.main(args=argv, prog_name="gradleak", standalone_mode=False)
     except click.exceptions.Abort:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from ...errors import ConfigError
 from ...threat import Observation
 from .objectives import OBJECTIVES
+from .attacker_layers import prepare_attacker_model
 from .regularizers import REGULARIZERS
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -119,7 +120,8 @@ class GradientMatcher:
     """Computes the matching loss (and regularisers) for dummy images against one observation.
 
     Holds the attacker's copy of the model with BN running statistics frozen (momentum 0), so
-    repeated forwards in train mode do not drift the statistics the threat model granted.
+    repeated forwards in train mode do not drift the statistics the threat model granted, and
+    layers with cheaper second derivatives (:mod:`.attacker_layers`).
     """
 
     def __init__(self, observation: Observation, config: InversionConfig, labels: torch.Tensor):
@@ -129,6 +131,7 @@ class GradientMatcher:
         for m in self.model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.momentum = 0.0
+        prepare_attacker_model(self.model)
         self.params = [p for p in self.model.parameters()]
         for p in self.params:
             p.requires_grad_(True)

@@ -1,0 +1,214 @@
+"""Layers for the attacker's copy of the model: cheaper second derivatives, same values.
+
+**Convolutions.** Gradient matching differentiates the parameter gradient ``g(x)`` once more, to the pixels. PyTorch's
+double backward of a convolution also computes ``∂ gI / ∂ W`` (the weight-shaped convolution of the
+incoming grad-of-grad with the output gradient), and its first-order backward computes the weight
+gradient again during the pixel pass, although nothing downstream asks for either there. Profiled
+on ConvNet-64, B = 1, that is about one conv in eight. Here the first-order backward is a function
+whose own backward returns gradients for ``gO`` and ``x`` only, and the first-order backward asks
+the autograd engine which outputs this pass will use. Values are those of ``F.conv2d``: same kernels,
+only fewer of them.
+
+The derivative of the matching loss with respect to the *weights* is therefore not available through
+a patched model. The attacker never needs it; its copy of the model is private to the matcher.
+
+**Train-mode BatchNorm.** PyTorch's double backward of batch normalisation is a composite of some
+thirty reductions and products per layer (a fifth of a ConvNet-64 iteration at B = 1). Here the
+first-order backward is a function whose backward is written out: six per-channel sums and a few
+fused elementwise passes, complete (gradients to the output gradient, the input and the weight), and
+checked against finite differences in the tests. Eval-mode BN is an affine map and stays as it is.
+"""
+
+from __future__ import annotations
+
+import types
+
+import torch
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
+
+_conv_backward = torch.ops.aten.convolution_backward
+
+
+def _engine_needs(ctx, index: int) -> bool:
+    """Whether the running backward pass uses the gradient of input ``index`` (static flag, refined
+    by asking the engine; any doubt answers yes)."""
+    if not ctx.needs_input_grad[index]:
+        return False
+    try:
+        node = ctx.next_functions[index][0]
+        return node is not None and bool(torch._C._will_engine_execute_node(node))
+    except (AttributeError, RuntimeError):
+        return True
+
+
+class _ConvGrad(torch.autograd.Function):
+    """``(gO, x, W) → (gI, gW)`` of a convolution; differentiable in ``gO`` and ``x`` only (W comes detached)."""
+
+    @staticmethod
+    def forward(ctx, g_out, x, weight, spec, need_input):
+        stride, padding, dilation, groups = spec
+        g_in, g_w, _ = _conv_backward(g_out, x, weight, None, stride, padding, dilation, False, (0, 0), groups,
+                                      (need_input, True, False))
+        ctx.save_for_backward(g_out, x, weight)
+        ctx.spec = spec
+        return g_in, g_w
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gg_in, gg_w):
+        g_out, x, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.spec
+        d_out = d_x = None
+        if gg_w is not None:
+            gg_w = gg_w.to(x.dtype)
+            # <gW(x, gO), ggW> is bilinear: conv(x, ggW) against gO, and conv-input-grad(gO; ggW) against x.
+            d_out = F.conv2d(x, gg_w, None, stride, padding, dilation, groups)
+            if ctx.needs_input_grad[1]:
+                d_x = _conv_backward(g_out, x, gg_w, None, stride, padding, dilation, False, (0, 0), groups,
+                                     (True, False, False))[0]
+        if gg_in is not None:
+            t = F.conv2d(gg_in.to(weight.dtype), weight, None, stride, padding, dilation, groups)
+            d_out = t if d_out is None else d_out + t
+        return d_out, d_x, None, None, None
+
+
+class _PixelConv(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, spec):
+        ctx.save_for_backward(x, weight)
+        ctx.spec = spec
+        ctx.has_bias = bias is not None
+        stride, padding, dilation, groups = spec
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, g_out):
+        x, weight = ctx.saved_tensors
+        need_x, need_w = _engine_needs(ctx, 0), _engine_needs(ctx, 1)
+        g_b = g_out.sum((0, 2, 3)) if ctx.has_bias and _engine_needs(ctx, 2) else None
+        if need_w:
+            g_x, g_w = _ConvGrad.apply(g_out, x, weight.detach(), ctx.spec, need_x)
+            return (g_x if need_x else None), g_w, g_b, None
+        if need_x:
+            stride, padding, dilation, groups = ctx.spec
+            g_x = _conv_backward(g_out, x, weight, None, stride, padding, dilation, False, (0, 0), groups,
+                                 (True, False, False))[0]
+            return g_x, None, g_b, None
+        return None, None, g_b, None
+
+
+def _autocast_dtype(device_type: str):
+    if hasattr(torch, "get_autocast_dtype"):
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    if device_type == "cpu":  # torch < 2.4
+        return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+    return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+
+
+def _pixel_conv_forward(self: nn.Conv2d, x: Tensor) -> Tensor:
+    dtype = _autocast_dtype(x.device.type) or x.dtype
+    # A non-leaf view, so that the engine can be asked about the weight's branch under autograd.grad.
+    weight = self.weight.to(dtype)
+    weight = weight.view_as(weight)
+    bias = self.bias.to(dtype) if self.bias is not None else None
+    spec = (self.stride, self.padding, self.dilation, self.groups)
+    with torch.autocast(x.device.type, enabled=False):
+        return _PixelConv.apply(x.to(dtype), weight, bias, spec)
+
+
+def _channel(v: Tensor, dim: int) -> Tensor:
+    return v.reshape([1, -1] + [1] * (dim - 2))
+
+
+def _acc(t: Tensor) -> Tensor:
+    """At least fp32: statistics of bf16 activations are accumulated in fp32."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+class _BatchNormGrad(torch.autograd.Function):
+    """``(gy, x, γ) → (gx, gγ, gβ)`` of train-mode BN, given the forward's x̂ and 1/σ̃ (no grad)."""
+
+    @staticmethod
+    def forward(ctx, g_y, x, weight, x_hat, inv_std):
+        dims = [0] + list(range(2, x.dim()))
+        n = x.numel() // x.shape[1]
+        gy = _acc(g_y)
+        g_b = gy.sum(dims)
+        g_w = (gy * x_hat).sum(dims)
+        scale = _channel(_acc(weight) * inv_std, x.dim())
+        g_x = scale * (gy - _channel(g_b / n, x.dim()) - x_hat * _channel(g_w / n, x.dim()))
+        ctx.save_for_backward(gy, x_hat, inv_std, weight, g_b, g_w)
+        ctx.meta = (dims, n, g_y.dtype, x.dtype)
+        return g_x.to(x.dtype), g_w.to(weight.dtype), g_b.to(weight.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gg_x, gg_w, gg_b):
+        gy, x_hat, inv_std, weight, g_b, g_w = ctx.saved_tensors
+        dims, n, gy_dtype, x_dtype = ctx.meta
+        d = gy.dim()
+        zeros = gy.new_zeros(gy.shape[1])
+        gg_w = zeros if gg_w is None else _acc(gg_w)
+        gg_b = zeros if gg_b is None else _acc(gg_b)
+        w = _acc(weight)
+        mean_gy, m = g_b / n, g_w / n  # mean(gy), mean(gy·x̂) per channel
+        if gg_x is not None:
+            ggx = _acc(gg_x)
+            s1, s2, s3 = ggx.sum(dims), (ggx * x_hat).sum(dims), (ggx * gy).sum(dims)
+        else:
+            ggx, s1, s2, s3 = None, zeros, zeros, zeros
+        proj = inv_std * (s3 - mean_gy * s1 - m * s2)  # <ggx, gx> / γ per channel
+        scale = w * inv_std
+        # d/dgy of <ggx, gx> + <ggγ, gγ> + <ggβ, gβ>
+        d_gy = _channel(gg_b - scale * s1 / n, d) + x_hat * _channel(gg_w - scale * s2 / n, d)
+        # d/dx: through x̂ with σ̃ held (G), then x̂(x) and σ̃(x) (∂σ̃/∂x = x̂/N)
+        mean_g = gg_w * mean_gy - scale * (m * s1 + s2 * mean_gy) / n
+        mean_g_x_hat = gg_w * m - 2 * scale * m * s2 / n
+        coef_gy = gg_w - scale * s2 / n
+        coef_x_hat = -mean_g_x_hat - w * proj / n
+        d_x = gy * _channel(coef_gy, d) + x_hat * _channel(coef_x_hat, d) - _channel(mean_g, d)
+        if ggx is not None:
+            d_gy = d_gy + ggx * _channel(scale, d)
+            d_x = d_x - ggx * _channel(scale * m, d)
+        d_x = d_x * _channel(inv_std, d)
+        return d_gy.to(gy_dtype), d_x.to(x_dtype), proj.to(weight.dtype), None, None
+
+
+class _TrainBatchNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        dims = [0] + list(range(2, x.dim()))
+        n = x.numel() // x.shape[1]
+        # Two passes (mean, then centred squares): var_mean's Welford kernel is ~10× slower on CPU.
+        centred = _acc(x) - _acc(x).mean(dims, keepdim=True)
+        inv_std = torch.rsqrt(centred.square().sum(dims, keepdim=True) / n + eps)
+        x_hat = centred * inv_std
+        ctx.save_for_backward(x, weight, x_hat, inv_std.flatten())
+        y = x_hat * _channel(_acc(weight), x.dim()) + _channel(_acc(bias), x.dim())
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, g_y):
+        x, weight, x_hat, inv_std = ctx.saved_tensors
+        g_x, g_w, g_b = _BatchNormGrad.apply(g_y, x, weight, x_hat, inv_std)
+        return g_x, g_w, g_b, None
+
+
+def _batch_norm_forward(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    if (not self.training and self.running_mean is not None) or self.weight is None:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            self.training or self.running_mean is None, 0.0, self.eps)
+    # Batch statistics; running statistics are never written (the matcher freezes them anyway).
+    return _TrainBatchNorm.apply(x, self.weight, self.bias, self.eps)
+
+
+def prepare_attacker_model(model: nn.Module) -> nn.Module:
+    """Patch (in place) the attacker's ``model``: zero-padded ``nn.Conv2d`` and affine BatchNorm layers."""
+    for m in model.modules():
+        if type(m) is nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str):
+            m.forward = types.MethodType(_pixel_conv_forward, m)
+        elif type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+            m.forward = types.MethodType(_batch_norm_forward, m)
+    return model
