@@ -180,6 +180,9 @@ def main() -> None:
                    help="TV weight (0.05: the setting of the tables in the docs, before the IG preset moved to 0.3)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from gradleak.runtime import tune_allocator
+
+    tune_allocator()  # as the CLI does
     if args.command == "speed":
         run(args.models.split(","), args.candidates, args.iterations, args.repeats, args.profile)
     else:

@@ -121,3 +121,18 @@ def test_unknown_names_are_config_errors():
         invert(obs, y, InversionConfig(regularizers={"nope": 1.0}), progress=False)
     with pytest.raises(ConfigError):
         preset("nope")
+
+
+def test_cosine_objective_gradient_matches_autograd_in_float64():
+    torch.manual_seed(0)
+    shapes = [(4, 3), (4,), (2, 2, 3)]
+    target = [torch.randn(s) for s in shapes]
+    dummy = [torch.randn(s, requires_grad=True) for s in shapes]
+    loss = OBJECTIVES.get("cosine")(target)(dummy)
+    grads = torch.autograd.grad(loss, dummy)
+    g = torch.cat([d.detach().double().reshape(-1) for d in dummy]).requires_grad_(True)
+    t = torch.cat([x.double().reshape(-1) for x in target])
+    ref = 1 - g @ t / (g.norm() * t.norm())
+    (ref_grad,) = torch.autograd.grad(ref, [g])
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(torch.cat([x.reshape(-1) for x in grads]).double(), ref_grad, rtol=1e-5, atol=1e-8)

@@ -16,7 +16,7 @@ a patched model. The attacker never needs it; its copy of the model is private t
 thirty reductions and products per layer (a fifth of a ConvNet-64 iteration at B = 1). Here the
 first-order backward is a function whose backward is written out: six per-channel sums and a few
 fused elementwise passes, complete (gradients to the output gradient, the input and the weight), and
-checked against finite differences in the tests. Eval-mode BN is an affine map and stays as it is.
+checked against finite differences in the tests. Eval-mode BN is written as the affine map it is.
 """
 
 from __future__ import annotations
@@ -197,9 +197,15 @@ class _TrainBatchNorm(torch.autograd.Function):
 
 
 def _batch_norm_forward(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
-    if (not self.training and self.running_mean is not None) or self.weight is None:
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+    if self.weight is None:
+        return F.batch_norm(x, self.running_mean, self.running_var, None, None,
                             self.training or self.running_mean is None, 0.0, self.eps)
+    if not self.training and self.running_mean is not None:
+        # Running statistics: an affine map per channel, whose double backward is two products
+        # (the fused kernel's is a general composite).
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        return torch.addcmul(_channel(shift.to(x.dtype), x.dim()), x, _channel(scale.to(x.dtype), x.dim()))
     # Batch statistics; running statistics are never written (the matcher freezes them anyway).
     return _TrainBatchNorm.apply(x, self.weight, self.bias, self.eps)
 
