@@ -12,6 +12,10 @@ engines; the sequential loop is :func:`invert_sequential` (``invert``'s own opti
 candidate), the batched one :func:`invert_batched` (one vmapped computation). Engines run back to
 back, batched first, so a shared machine's load affects both alike; ``--repeats`` alternates them
 and keeps the fastest of each. ``--profile`` prints where the batched step spends its time.
+Each row also gives the arithmetic of one iteration of all candidates (matrix products and
+convolutions, ``torch.utils.flop_counter``), the rate each engine reached, and the rate of a plain
+256-channel 3×3 convolution (1×256×32×32, the victim's largest) on this machine: when the sequential
+loop already runs near that rate, batching cannot make it much faster.
 
 ``quality``: ``--trials`` private batches from the test split (untrained victim, seed = trial), the
 classifier guide trained on the PUBLIC train split; ``--space guidance|labels`` reports the search's
@@ -71,13 +75,52 @@ def run(models: list[str], candidates: int, iterations: int, repeats: int, profi
             s = invert_sequential(obs, labels, cfg, guidance)
             best_s = min(best_s, time.perf_counter() - t)
         diff = max(abs(rb.matching_loss - rs.matching_loss) for rb, rs in zip(b.reconstructions, s.reconstructions))
-        rows.append((name, candidates, iterations, best_s, best_b, best_s / best_b, diff))
+        flops_s, flops_b = _flops_per_iteration(obs, labels, cfg, guidance)
+        rows.append((name, candidates, iterations, best_s, best_b, best_s / best_b, diff,
+                     flops_s, flops_b))
         if profile:
             _profile(obs, labels, cfg, guidance)
     print(f"threads={torch.get_num_threads()}  (timings on a shared machine are inflated; ratios are back to back)")
-    print(f"{'model':8} {'candidates':>10} {'iterations':>10} {'sequential s':>13} {'batched s':>10} {'ratio':>6} {'max |Δloss|':>12}")
-    for name, k, it, ts, tb, ratio, diff in rows:
-        print(f"{name:8} {k:>10} {it:>10} {ts:>13.2f} {tb:>10.2f} {ratio:>6.2f} {diff:>12.2e}")
+    print(f"{'model':8} {'candidates':>10} {'iterations':>10} {'sequential s':>13} {'batched s':>10} {'ratio':>6} "
+          f"{'max |Δloss|':>12} {'GFLOP/it seq':>13} {'GFLOP/it bat':>13} {'GFLOP/s seq':>12} {'GFLOP/s bat':>12}")
+    for name, k, it, ts, tb, ratio, diff, fs, fb in rows:
+        print(f"{name:8} {k:>10} {it:>10} {ts:>13.2f} {tb:>10.2f} {ratio:>6.2f} {diff:>12.2e} "
+              f"{fs / 1e9:>13.1f} {fb / 1e9:>13.1f} {fs * it / ts / 1e9:>12.0f} {fb * it / tb / 1e9:>12.0f}")
+    print(f"plain conv 1x256x32x32, 3x3, fp32: {_conv_rate() / 1e9:.0f} GFLOP/s on this machine")
+
+
+def _flops_per_iteration(obs, labels, cfg, guidance) -> tuple[float, float]:
+    """Matrix-product and convolution FLOPs of one iteration of all candidates, (sequential, batched)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from gradleak.attacks.inversion.batched import BatchedMatcher
+    from gradleak.attacks.inversion.invert import GradientMatcher
+    from gradleak.attacks.inversion.regularizers import REGULARIZERS
+
+    x = torch.rand(labels.shape[0], 1, *obs.input_shape, requires_grad=True)
+    with FlopCounterMode(display=False) as batched:
+        # x * 1: the counter's module hooks refuse a leaf as a module input under autograd.grad
+        _, total, _ = BatchedMatcher(obs, cfg, labels, guidance, labels).losses(x * 1)
+        torch.autograd.grad(total.sum(), [x])
+    with FlopCounterMode(display=False) as sequential:
+        for c in range(labels.shape[0]):
+            matcher = GradientMatcher(obs, cfg, labels[c])
+            term = REGULARIZERS.get("guidance")(obs, matcher.model, guide=guidance.guide, targets=labels[c])
+            matcher.regularizers.append((term, guidance.weight))
+            xc = x[c].detach().requires_grad_(True)
+            _, total_c = matcher.matching_loss(xc * 1)
+            torch.autograd.grad(total_c, [xc])  # as the loop does: to the pixels only
+    return float(sequential.get_total_flops()), float(batched.get_total_flops())
+
+
+def _conv_rate() -> float:
+    x, w = torch.randn(1, 256, 32, 32), torch.randn(256, 256, 3, 3)
+    for _ in range(5):
+        torch.nn.functional.conv2d(x, w, padding=1)
+    t = time.perf_counter()
+    for _ in range(20):
+        torch.nn.functional.conv2d(x, w, padding=1)
+    return 2 * 256 * 256 * 9 * 32 * 32 * 20 / (time.perf_counter() - t)
 
 
 def _profile(obs, labels, cfg, guidance) -> None:
