@@ -138,7 +138,7 @@ def _profile(obs, labels, cfg, guidance) -> None:
 
 def quality(dataset: str, data_dir: str | None, model_name: str, batch: int, trials: int, iterations: int,
             weights: list[float], space: str, classifier_steps: int | None, max_candidates: int,
-            tv: float = 0.05) -> None:
+            tv: float = 0.05, step_size: float = 0.1) -> None:
     import statistics
 
     from gradleak.attacks.inversion import preset
@@ -155,7 +155,7 @@ def quality(dataset: str, data_dir: str | None, model_name: str, batch: int, tri
     aux = train_aux_classifier(public.images, public.labels, public.num_classes, steps=steps, seed=0)
     print(f"{dataset}, {model_name}, B={batch}, {iterations} iterations, auxiliary classifier ({steps} steps on the "
           f"public split) test accuracy {classifier_accuracy(aux, test.images, test.labels):.3f}")
-    cfg = preset("ig", iterations=iterations, regularizers={"tv": tv})
+    cfg = preset("ig", iterations=iterations, regularizers={"tv": tv}, lr=step_size)
     scores: dict[float, list[float]] = {w: [] for w in ([0.0] if space == "oracle" else []) + weights}
     baseline, candidate_baseline = [], []
     for trial in range(trials):
@@ -221,6 +221,8 @@ def main() -> None:
     q.add_argument("--threads", type=int, default=1)
     q.add_argument("--tv", type=float, default=0.05,
                    help="TV weight (0.05: the setting of the tables in the docs, before the IG preset moved to 0.3)")
+    q.add_argument("--step-size", type=float, default=0.1,
+                   help="Adam step (0.1: the setting of the tables in the docs, before the IG preset moved to 0.5)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from gradleak.runtime import tune_allocator
@@ -231,7 +233,7 @@ def main() -> None:
     else:
         quality(args.dataset, args.data_dir, args.model, args.batch, args.trials, args.iterations,
                 [float(w) for w in args.weights.split(",")], args.space, args.classifier_steps, args.max_candidates,
-                args.tv)
+                args.tv, args.step_size)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,7 @@ class AttackConfig:
     iterations: int | None = None  # None: the preset's
     restarts: int = 1
     tv: float | None = None  # None: the preset's
+    step_size: float | None = None  # Adam's step, normalised-input units; None: the preset's
     bn_prior: float = 0.0
     precision: str = "fp32"
     seed: int = 0
@@ -113,6 +114,7 @@ def inversion_config(cfg: AttackConfig, input_shape: tuple[int, ...] | None = No
         precision=cfg.precision,
         seed=cfg.seed,
         regularizers=regs,
+        lr=cfg.step_size,
     )
 
 

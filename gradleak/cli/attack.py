@@ -44,6 +44,8 @@ def attack_options(f):
         click.option("--iterations", type=int, default=None, help="Optimisation steps (default: the preset's)."),
         click.option("--restarts", type=int, default=_D.restarts, show_default=True),
         click.option("--tv", type=float, default=None, help="Total-variation weight (default: the preset's)."),
+        click.option("--step-size", type=float, default=None,
+                     help="Adam step in normalised-input units (default: the preset's)."),
         click.option("--bn-prior", type=float, default=0.0, show_default=True, help="BN-statistics prior weight."),
         click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=_D.precision, show_default=True,
                      help="Autocast precision of the matching loss."),
