@@ -107,8 +107,9 @@ def main() -> None:
     tuned = args.allocator == "tuned" and tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.iterations} timed iterations (best of {args.repeats}), "
-          f"BN in {args.client_mode} mode, allocator {'tuned' if tuned else 'default'}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"{args.iterations} timed iterations (best of {args.repeats}), BN in {args.client_mode} mode, "
+          f"allocator {'tuned' if tuned else 'default'}")
     print(f"{'B':>3} {'loop':<22} {'s/iter':>8} {'vs reference':>13} {'vs breaching':>13}")
     for b in args.batch_sizes:
         obs, labels = observation(b, args.client_mode)

@@ -1,13 +1,13 @@
 """Layers for the attacker's copy of the model: cheaper second derivatives, same values.
 
-**Convolutions.** Gradient matching differentiates the parameter gradient ``g(x)`` once more, to the pixels. PyTorch's
-double backward of a convolution also computes ``∂ gI / ∂ W`` (the weight-shaped convolution of the
-incoming grad-of-grad with the output gradient), and its first-order backward computes the weight
-gradient again during the pixel pass, although nothing downstream asks for either there. Profiled
-on ConvNet-64, B = 1, that is about one conv in eight. Here the first-order backward is a function
-whose own backward returns gradients for ``gO`` and ``x`` only, and the first-order backward asks
-the autograd engine which outputs this pass will use. Values are those of ``F.conv2d``: same kernels,
-only fewer of them.
+**Convolutions.** Gradient matching differentiates the parameter gradient ``g(x)`` once more, to
+the pixels. PyTorch's double backward of a convolution also computes ``∂ gI / ∂ W`` (the
+weight-shaped convolution of the incoming grad-of-grad with the output gradient), and its
+first-order backward computes the weight gradient again during the pixel pass, although nothing
+downstream asks for either there: one conv in eight on ConvNet-64 (26.0 instead of 29.7 GFLOP per
+iteration at B = 1). Here the first-order backward is a function whose own backward returns
+gradients for ``gO`` and ``x`` only, and the first-order backward asks the autograd engine which
+outputs this pass will use. Values are those of ``F.conv2d``: same kernels, only fewer of them.
 
 The derivative of the matching loss with respect to the *weights* is therefore not available through
 a patched model. The attacker never needs it; its copy of the model is private to the matcher.
