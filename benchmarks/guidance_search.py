@@ -93,9 +93,7 @@ def _flops_per_iteration(obs, labels, cfg, guidance) -> tuple[float, float]:
     """Matrix-product and convolution FLOPs of one iteration of all candidates, (sequential, batched)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from gradleak.attacks.inversion.batched import BatchedMatcher
-    from gradleak.attacks.inversion.invert import GradientMatcher
-    from gradleak.attacks.inversion.regularizers import REGULARIZERS
+    from gradleak.attacks.inversion.batched import BatchedMatcher, guided_matcher
 
     x = torch.rand(labels.shape[0], 1, *obs.input_shape, requires_grad=True)
     conv_backward = {torch.ops.aten.convolution_backward: _conv_backward_flops}
@@ -105,9 +103,7 @@ def _flops_per_iteration(obs, labels, cfg, guidance) -> tuple[float, float]:
         torch.autograd.grad(total.sum(), [x])
     with FlopCounterMode(display=False, custom_mapping=conv_backward) as sequential:
         for c in range(labels.shape[0]):
-            matcher = GradientMatcher(obs, cfg, labels[c])
-            term = REGULARIZERS.get("guidance")(obs, matcher.model, guide=guidance.guide, targets=labels[c])
-            matcher.regularizers.append((term, guidance.weight))
+            matcher, _ = guided_matcher(obs, cfg, labels[c], guidance, labels[c])
             xc = x[c].detach().requires_grad_(True)
             _, total_c = matcher.matching_loss(xc * 1)
             torch.autograd.grad(total_c, [xc])  # as the loop does: to the pixels only

@@ -43,14 +43,20 @@ def _engine_needs(ctx, index: int) -> bool:
         return True
 
 
+def _conv_grads(g_out: Tensor, x: Tensor, weight: Tensor, spec: tuple, mask: tuple[bool, bool]):
+    """``(grad_input, grad_weight)`` of ``conv2d(x, weight, *spec)`` at ``g_out``; None where unmasked."""
+    stride, padding, dilation, groups = spec
+    g_in, g_w, _ = _conv_backward(g_out, x, weight, None, stride, padding, dilation, False, (0, 0), groups,
+                                  (*mask, False))
+    return g_in, g_w
+
+
 class _ConvGrad(torch.autograd.Function):
     """``(gO, x, W) → (gI, gW)`` of a convolution; differentiable in ``gO`` and ``x`` only (W comes detached)."""
 
     @staticmethod
     def forward(ctx, g_out, x, weight, spec, need_input):
-        stride, padding, dilation, groups = spec
-        g_in, g_w, _ = _conv_backward(g_out, x, weight, None, stride, padding, dilation, False, (0, 0), groups,
-                                      (need_input, True, False))
+        g_in, g_w = _conv_grads(g_out, x, weight, spec, (need_input, True))
         ctx.save_for_backward(g_out, x, weight)
         ctx.spec = spec
         return g_in, g_w
@@ -59,17 +65,15 @@ class _ConvGrad(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gg_in, gg_w):
         g_out, x, weight = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.spec
         d_out = d_x = None
         if gg_w is not None:
             gg_w = gg_w.to(x.dtype)
             # <gW(x, gO), ggW> is bilinear: conv(x, ggW) against gO, and conv-input-grad(gO; ggW) against x.
-            d_out = F.conv2d(x, gg_w, None, stride, padding, dilation, groups)
+            d_out = F.conv2d(x, gg_w, None, *ctx.spec)
             if ctx.needs_input_grad[1]:
-                d_x = _conv_backward(g_out, x, gg_w, None, stride, padding, dilation, False, (0, 0), groups,
-                                     (True, False, False))[0]
+                d_x = _conv_grads(g_out, x, gg_w, ctx.spec, (True, False))[0]
         if gg_in is not None:
-            t = F.conv2d(gg_in.to(weight.dtype), weight, None, stride, padding, dilation, groups)
+            t = F.conv2d(gg_in.to(weight.dtype), weight, None, *ctx.spec)
             d_out = t if d_out is None else d_out + t
         return d_out, d_x, None, None, None
 
@@ -80,8 +84,7 @@ class _PixelConv(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.spec = spec
         ctx.has_bias = bias is not None
-        stride, padding, dilation, groups = spec
-        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        return F.conv2d(x, weight, bias, *spec)
 
     @staticmethod
     def backward(ctx, g_out):
@@ -92,10 +95,7 @@ class _PixelConv(torch.autograd.Function):
             g_x, g_w = _ConvGrad.apply(g_out, x, weight.detach(), ctx.spec, need_x)
             return (g_x if need_x else None), g_w, g_b, None
         if need_x:
-            stride, padding, dilation, groups = ctx.spec
-            g_x = _conv_backward(g_out, x, weight, None, stride, padding, dilation, False, (0, 0), groups,
-                                 (True, False, False))[0]
-            return g_x, None, g_b, None
+            return _conv_grads(g_out, x, weight, ctx.spec, (True, False))[0], None, g_b, None
         return None, None, g_b, None
 
 
@@ -107,12 +107,17 @@ def _autocast_dtype(device_type: str):
     return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
 
 
+def _non_leaf(param: Tensor, dtype: torch.dtype) -> Tensor:
+    """``param`` in ``dtype`` as a non-leaf view: under ``autograd.grad`` the engine refuses to say
+    whether it will use a leaf's branch."""
+    cast = param.to(dtype)
+    return cast.view_as(cast)
+
+
 def _pixel_conv_forward(self: nn.Conv2d, x: Tensor) -> Tensor:
     dtype = _autocast_dtype(x.device.type) or x.dtype
-    # A non-leaf view, so that the engine can be asked about the weight's branch under autograd.grad.
-    weight = self.weight.to(dtype)
-    weight = weight.view_as(weight)
-    bias = self.bias.to(dtype) if self.bias is not None else None
+    weight = _non_leaf(self.weight, dtype)
+    bias = _non_leaf(self.bias, dtype) if self.bias is not None else None
     spec = (self.stride, self.padding, self.dilation, self.groups)
     with torch.autocast(x.device.type, enabled=False):
         return _PixelConv.apply(x.to(dtype), weight, bias, spec)

@@ -258,6 +258,18 @@ def invert_batched(
     return BatchedInversion(recons, priors, guides if final_guide is not None else None, seconds)
 
 
+def guided_matcher(observation: Observation, config: InversionConfig, labels: Tensor,
+                   guidance: Guidance | None = None, targets: Tensor | None = None):
+    """One problem's :class:`GradientMatcher` with the ``guidance`` regulariser toward ``targets``
+    added (when there is guidance); returns ``(matcher, guidance term or None)``."""
+    matcher = GradientMatcher(observation, config, labels)
+    if guidance is None or not guidance.weight:
+        return matcher, None
+    term = REGULARIZERS.get("guidance")(observation, matcher.model, guide=guidance.guide, targets=targets)
+    matcher.regularizers.append((term, guidance.weight))
+    return matcher, term
+
+
 def invert_sequential(
     observation: Observation,
     labels: Tensor,
@@ -280,12 +292,8 @@ def invert_sequential(
     try:
         for c in range(k):
             plain = GradientMatcher(observation, config, labels[c])
-            matcher = GradientMatcher(observation, config, labels[c])
-            guide_term = None
-            if guidance is not None and guidance.weight:
-                guide_term = REGULARIZERS.get("guidance")(observation, matcher.model, guide=guidance.guide,
-                                                           targets=guidance_targets[c])
-                matcher.regularizers.append((guide_term, guidance.weight))
+            matcher, guide_term = guided_matcher(observation, config, labels[c], guidance,
+                                                 None if guidance_targets is None else guidance_targets[c])
             runs = [_optimise(matcher, x0[c, j], config, bar, j) for j in range(r)]
             losses = [run[1] for run in runs]
             best = min(range(r), key=lambda j: losses[j])

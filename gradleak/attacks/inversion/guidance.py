@@ -141,7 +141,7 @@ class GuidanceRegularizer:
 
     It needs a guide and per-image classes, which ``InversionConfig.regularizers`` cannot carry: build
     it with ``REGULARIZERS.get("guidance")(obs, model, guide=..., targets=...)`` (as
-    :func:`~gradleak.attacks.inversion.batched.invert_sequential` does) or use ``--guidance``.
+    :func:`~gradleak.attacks.inversion.batched.guided_matcher` does) or use ``--guidance``.
     """
 
     def __init__(self, observation: Observation, model: nn.Module, guide: Guide | None = None,

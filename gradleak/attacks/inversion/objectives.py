@@ -50,7 +50,11 @@ class Cosine(Objective):
         if not torch._C._are_functorch_transforms_active():
             return _FlatCosine.apply(self.target, self.target_norm, *dummy)
         g = _flat(dummy).float()  # inside vmap/grad (batched search): plain ops
-        return 1 - (g @ self.target) / (g.norm() * self.target_norm).clamp_min(1e-12)
+        return _one_minus_cosine(g @ self.target, g.norm(), self.target_norm)
+
+
+def _one_minus_cosine(dot: torch.Tensor, g_norm: torch.Tensor, target_norm: torch.Tensor) -> torch.Tensor:
+    return 1 - dot / (g_norm * target_norm).clamp_min(1e-12)
 
 
 class _FlatCosine(torch.autograd.Function):
@@ -64,7 +68,7 @@ class _FlatCosine(torch.autograd.Function):
         dot = g @ target
         ctx.save_for_backward(g, target, target_norm, g_norm, dot)
         ctx.pieces = [(t.shape, t.dtype) for t in dummy]
-        return 1 - dot / (g_norm * target_norm).clamp_min(1e-12)
+        return _one_minus_cosine(dot, g_norm, target_norm)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
