@@ -83,6 +83,8 @@ def test_bad_inputs_end_with_one_line_and_keep_earlier_results(tmp_path, capsys)
         (["--model", "convnet", "--width", "2", "--observed-update", str(tmp_path / "u.pt")], "does not match"),
         (["--observed-update", str(tmp_path / "absent.pt")], "not found"),
         (["--attack", "ig", "--labels", "nonsense"], "unknown"),
+        (["--step-size", "-1"], "step size must be a positive number"),
+        (["--step-size", "0"], "step size must be a positive number"),
     ]
     for extra, message in cases:
         code, _, err = run_cli(["attack", "-q", "--iterations", "2", "--out", str(out)] + extra, capsys)

@@ -136,3 +136,17 @@ def test_cosine_objective_gradient_matches_autograd_in_float64():
     (ref_grad,) = torch.autograd.grad(ref, [g])
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
     torch.testing.assert_close(torch.cat([x.reshape(-1) for x in grads]).double(), ref_grad, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("bad", [{"lr": 0.0}, {"lr": -0.1}, {"lr": float("nan")}, {"iterations": 0}, {"restarts": 0}])
+def test_both_engines_refuse_budgets_and_steps_no_optimiser_can_run(bad):
+    from dataclasses import replace
+
+    from gradleak.attacks.inversion.batched import invert_batched
+
+    obs, _, y = _digit_setup("lenet", B=1)
+    cfg = replace(preset("ig", iterations=2), **bad)
+    with pytest.raises(ConfigError):
+        invert(obs, y, cfg, progress=False)
+    with pytest.raises(ConfigError):
+        invert_batched(obs, y.unsqueeze(0), cfg)

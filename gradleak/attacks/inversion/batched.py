@@ -176,8 +176,7 @@ def _initial_images(labels: Tensor, observation: Observation, config: InversionC
 def _check_problem(observation, labels, config, guidance, guidance_targets):
     """Validated ``(labels, guidance_targets)``; the targets default to the labels when guided."""
     labels = _check_labels(labels, observation.num_classes)
-    if config.iterations < 1 or config.restarts < 1:
-        raise ConfigError("iterations and restarts must be at least 1")
+    config.check()
     if guidance is not None and guidance_targets is None:
         guidance_targets = labels
     if guidance_targets is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -44,6 +45,13 @@ class InversionConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def check(self) -> None:
+        """Raise ConfigError for a budget or step size no optimiser can run with."""
+        if self.iterations < 1 or self.restarts < 1:
+            raise ConfigError("iterations and restarts must be at least 1")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ConfigError(f"the step size must be a positive number, got {self.lr}")
 
 
 @dataclass
@@ -170,8 +178,7 @@ def invert(
     b = int(labels.shape[0])
     if b < 1:
         raise ConfigError("the attack needs at least one label to reconstruct")
-    if config.iterations < 1 or config.restarts < 1:
-        raise ConfigError("iterations and restarts must be at least 1")
+    config.check()
     shape = (b, *observation.input_shape)
     gen = torch.Generator().manual_seed(config.seed)
     matcher = GradientMatcher(observation, config, labels.long())
