@@ -3,7 +3,7 @@
 An inversion iteration allocates and frees hundreds of activation-sized buffers (0.1–10 MB). With
 glibc's defaults each of them is a fresh ``mmap`` (or a heap trimmed back to the OS on free), so
 every iteration pays the kernel to zero the same pages again. Keeping them in the heap made
-centring a 1×256×32×32 activation map 842 → 56 µs and a ConvNet-64 bf16 iteration (B = 1) 7–9 %
+centring a 1×256×32×32 activation map 842 → 56 µs and a ConvNet-64 bf16 iteration (B = 1) 7–10 %
 faster, timed back to back on the 2-core machine (``benchmarks/attack_speed.py --allocator
 default`` vs ``tuned`` compares them; the machine's drift can hide the difference). The cost is
 that the process keeps its peak heap.
