@@ -6,7 +6,12 @@ signed Adam, in fp32. gradleak's loop is timed in fp32 and bf16 autocast. The pu
 breaching measured 0.165 s/it (B=1) and 0.589 s/it (B=4) on this machine class.
 
     python benchmarks/attack_speed.py [--iterations 20] [--batch-sizes 1 4] [--threads N] [--client-mode eval]
-                                      [--allocator default] [--repeats 3]
+                                      [--allocator default] [--repeats 3] [--breaching]
+
+``--breaching`` also times breaching's own loop on this machine, in fp32 (its default) and with its
+``mixed_precision`` switch (bf16 autocast here), on the same model and gradient; it needs breaching
+installed (see ``breaching_loop.py``). The last column then compares with breaching's fp32 loop as
+timed here rather than with the published figure.
 
 Each loop is timed ``--repeats`` times, the loops interleaved, and the fastest run of each is kept
 (the machine's speed drifts by 10–20 % between minutes).
@@ -103,27 +108,39 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each loop; the fastest is kept")
     parser.add_argument("--allocator", choices=["tuned", "default"], default="tuned",
                         help="glibc malloc settings for the whole process (see gradleak.runtime)")
+    parser.add_argument("--breaching", action="store_true",
+                        help="also time breaching's own loop here (pip install --no-deps breaching==0.1.2 hydra-core)")
     args = parser.parse_args()
+    if args.breaching:
+        from breaching_loop import breaching_loop, import_breaching
+
+        import_breaching()  # fail before any timing if it is not installed
     tuned = args.allocator == "tuned" and tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.iterations} timed iterations (best of {args.repeats}), BN in {args.client_mode} mode, "
           f"allocator {'tuned' if tuned else 'default'}")
-    print(f"{'B':>3} {'loop':<22} {'s/iter':>8} {'vs reference':>13} {'vs breaching':>13}")
+    last = "vs breaching here" if args.breaching else "vs breaching"
+    print(f"{'B':>3} {'loop':<22} {'s/iter':>8} {'vs reference':>13} {last:>18}")
     for b in args.batch_sizes:
         obs, labels = observation(b, args.client_mode)
-        best = {"reference fp32": float("inf"), "gradleak fp32": float("inf"), "gradleak bf16": float("inf")}
+        loops = {
+            "reference fp32": lambda: reference_loop(obs, labels, args.iterations),
+            "gradleak fp32": lambda: gradleak_loop(obs, labels, args.iterations, "fp32"),
+            "gradleak bf16": lambda: gradleak_loop(obs, labels, args.iterations, "bf16"),
+        }
+        if args.breaching:
+            loops["breaching fp32"] = lambda: breaching_loop(obs, labels, args.iterations)
+            loops["breaching amp bf16"] = lambda: breaching_loop(obs, labels, args.iterations, mixed_precision=True)
+        best = {name: float("inf") for name in loops}
         for _ in range(args.repeats):
-            best["reference fp32"] = min(best["reference fp32"], reference_loop(obs, labels, args.iterations))
-            for precision in ("fp32", "bf16"):
-                sec = gradleak_loop(obs, labels, args.iterations, precision)
-                best[f"gradleak {precision}"] = min(best[f"gradleak {precision}"], sec)
+            for name, loop in loops.items():
+                best[name] = min(best[name], loop())
         ref = best["reference fp32"]
-        rows = list(best.items())
-        for name, sec in rows:
-            br = BREACHING.get(b)
-            vs_b = f"{br / sec:12.2f}×" if br else f"{'-':>13}"
+        breaching = best["breaching fp32"] if args.breaching else BREACHING.get(b)
+        for name, sec in best.items():
+            vs_b = f"{breaching / sec:17.2f}×" if breaching else f"{'-':>18}"
             print(f"{b:>3} {name:<22} {sec:8.3f} {ref / sec:12.2f}× {vs_b}")
 
 

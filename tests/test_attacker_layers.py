@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from gradleak.attacks.inversion import InversionConfig
-from gradleak.attacks.inversion.attacker_layers import _TrainBatchNorm, prepare_attacker_model
+from gradleak.attacks.inversion.attacker_layers import _TrainBatchNorm, low_precision_copies, prepare_attacker_model
 from gradleak.attacks.inversion.invert import GradientMatcher
 from gradleak.models import build_model
 from gradleak.runtime import tune_allocator
@@ -121,6 +121,35 @@ def test_gradient_matcher_pixel_gradient_matches_the_plain_loop_in_bf16():
     assert agree > 0.9
     cos = nn.functional.cosine_similarity(dx.flatten(), dx_ref.flatten(), dim=0)
     assert cos > 0.95
+
+
+def test_low_precision_copies_give_autocasts_values_and_leave_fp32_scoring_intact():
+    torch.manual_seed(0)
+    model = build_model("convnet", (3, 16, 16), 10, width=8, seed=0).eval()
+    x, y = torch.rand(2, 3, 16, 16), torch.tensor([1, 2])
+    plain = prepare_attacker_model(copy.deepcopy(model))  # autocast rounds its fp32 weights each forward
+    patched = prepare_attacker_model(copy.deepcopy(model))
+    copies = low_precision_copies(patched, torch.bfloat16)
+    kept = [n for n, p in patched.named_parameters() if id(p) in copies]
+    layers = {name for name, m in patched.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert kept == [n for n, _ in patched.named_parameters() if n.rsplit(".", 1)[0] in layers]  # not BN
+    assert kept and all(copies[id(p)].dtype == torch.bfloat16 for n, p in patched.named_parameters() if n in kept)
+    params = [copies.get(id(p), p) for p in patched.parameters()]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = nn.functional.cross_entropy(patched(x).float(), y)
+        loss_ref = nn.functional.cross_entropy(plain(x).float(), y)
+    grads = torch.autograd.grad(loss, params)
+    grads_ref = torch.autograd.grad(loss_ref, list(plain.parameters()))
+    assert float(loss.detach()) == float(loss_ref.detach())
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g.float(), g_ref, rtol=0, atol=0)
+    # Outside autocast the same copy still runs on its fp32 parameters (the final scoring).
+    torch.testing.assert_close(patched(x), plain(x), rtol=0, atol=0)
+    update = simulate_client(model, x, y)
+    obs = ThreatModel(knows_labels=True).observe(model, update, (3, 16, 16), 10, None, None, 2, y)
+    fp32, bf16 = (GradientMatcher(obs, InversionConfig(precision=p), y) for p in ("fp32", "bf16"))
+    bf16.dtype = None
+    assert float(bf16.matching_loss(x, create_graph=False)[0]) == float(fp32.matching_loss(x, create_graph=False)[0])
 
 
 def test_tune_allocator_applies_on_linux_glibc_and_is_idempotent():

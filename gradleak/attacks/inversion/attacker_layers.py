@@ -14,9 +14,15 @@ a patched model. The attacker never needs it; its copy of the model is private t
 
 **Train-mode BatchNorm.** PyTorch's double backward of batch normalisation is a composite of some
 thirty reductions and products per layer (a fifth of a ConvNet-64 iteration at B = 1). Here the
-first-order backward is a function whose backward is written out: six per-channel sums and a few
-fused elementwise passes, complete (gradients to the output gradient, the input and the weight), and
-checked against finite differences in the tests. Eval-mode BN is written as the affine map it is.
+forward and the first-order backward are PyTorch's fused kernels, and the first-order backward is
+a function whose backward is written out: three per-channel sums, and x̂ folded into per-channel
+coefficients so that each output map is one pass over each input map. It is complete (gradients to
+the output gradient, the input and the weight) and checked against finite differences in the
+tests. Eval-mode BN is written as the affine map it is.
+
+**Low-precision copies.** Under bf16 autocast, conv and linear weights are kept in bf16 once
+(:func:`low_precision_copies`) instead of being rounded on every forward and their gradients cast
+back to fp32 on every backward.
 """
 
 from __future__ import annotations
@@ -114,10 +120,19 @@ def _non_leaf(param: Tensor, dtype: torch.dtype) -> Tensor:
     return cast.view_as(cast)
 
 
+def _stored(module: nn.Module, name: str, dtype: torch.dtype) -> Tensor | None:
+    """``module``'s parameter ``name`` as the forward under ``dtype`` reads it: the copy kept in
+    that dtype by :func:`low_precision_copies`, else the parameter."""
+    copies = getattr(module, "_gradleak_copies", None)
+    if copies is not None and copies[0] == dtype and name in copies[1]:
+        return copies[1][name]
+    return getattr(module, name)
+
+
 def _pixel_conv_forward(self: nn.Conv2d, x: Tensor) -> Tensor:
     dtype = _autocast_dtype(x.device.type) or x.dtype
-    weight = _non_leaf(self.weight, dtype)
-    bias = _non_leaf(self.bias, dtype) if self.bias is not None else None
+    weight = _non_leaf(_stored(self, "weight", dtype), dtype)
+    bias = _non_leaf(_stored(self, "bias", dtype), dtype) if self.bias is not None else None
     spec = (self.stride, self.padding, self.dilation, self.groups)
     with torch.autocast(x.device.type, enabled=False):
         return _PixelConv.apply(x.to(dtype), weight, bias, spec)
@@ -127,77 +142,70 @@ def _channel(v: Tensor, dim: int) -> Tensor:
     return v.reshape([1, -1] + [1] * (dim - 2))
 
 
-def _acc(t: Tensor) -> Tensor:
-    """At least fp32: statistics of bf16 activations are accumulated in fp32."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
+_bn_backward = torch.ops.aten.native_batch_norm_backward
 
 
 class _BatchNormGrad(torch.autograd.Function):
-    """``(gy, x, γ) → (gx, gγ, gβ)`` of train-mode BN, given the forward's x̂ and 1/σ̃ (no grad)."""
+    """``(gy, x, γ) → (gx, gγ, gβ)`` of train-mode BN (the fused kernel), given the forward's batch
+    mean and 1/σ̃; its own backward is written out below."""
 
     @staticmethod
-    def forward(ctx, g_y, x, weight, x_hat, inv_std):
-        dims = [0] + list(range(2, x.dim()))
-        n = x.numel() // x.shape[1]
-        gy = _acc(g_y)
-        g_b = gy.sum(dims)
-        g_w = (gy * x_hat).sum(dims)
-        scale = _channel(_acc(weight) * inv_std, x.dim())
-        g_x = scale * (gy - _channel(g_b / n, x.dim()) - x_hat * _channel(g_w / n, x.dim()))
-        ctx.save_for_backward(gy, x_hat, inv_std, weight, g_b, g_w)
-        ctx.meta = (dims, n, g_y.dtype, x.dtype)
-        return g_x.to(x.dtype), g_w.to(weight.dtype), g_b.to(weight.dtype)
+    def forward(ctx, g_y, x, weight, mean, inv_std, eps):
+        g_x, g_w, g_b = _bn_backward(g_y, x, weight, None, None, mean, inv_std, True, eps, [True, True, True])
+        ctx.save_for_backward(g_y, x, weight, mean, inv_std, g_w, g_b)
+        return g_x, g_w, g_b
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gg_x, gg_w, gg_b):
-        gy, x_hat, inv_std, weight, g_b, g_w = ctx.saved_tensors
-        dims, n, gy_dtype, x_dtype = ctx.meta
-        d = gy.dim()
-        zeros = gy.new_zeros(gy.shape[1])
-        gg_w = zeros if gg_w is None else _acc(gg_w)
-        gg_b = zeros if gg_b is None else _acc(gg_b)
-        w = _acc(weight)
-        mean_gy, m = g_b / n, g_w / n  # mean(gy), mean(gy·x̂) per channel
+        gy, x, weight, mean, inv_std, g_w, g_b = ctx.saved_tensors
+        d = x.dim()
+        dims = [0] + list(range(2, d))
+        n = x.numel() // x.shape[1]
+        acc = torch.promote_types(inv_std.dtype, torch.float32)
+        w = weight.to(acc)
+        zeros = w.new_zeros(w.shape)
+        gg_w = zeros if gg_w is None else gg_w.to(acc)
+        gg_b = zeros if gg_b is None else gg_b.to(acc)
+        mean_gy, m = g_b.to(acc) / n, g_w.to(acc) / n  # mean(gy), mean(gy·x̂) per channel
         if gg_x is not None:
-            ggx = _acc(gg_x)
-            s1, s2, s3 = ggx.sum(dims), (ggx * x_hat).sum(dims), (ggx * gy).sum(dims)
+            s1 = gg_x.sum(dims, dtype=acc)
+            s2 = inv_std * ((gg_x * x).sum(dims, dtype=acc) - mean * s1)  # Σ ggx·x̂
+            s3 = (gg_x * gy).sum(dims, dtype=acc)
         else:
-            ggx, s1, s2, s3 = None, zeros, zeros, zeros
+            s1 = s2 = s3 = zeros
         proj = inv_std * (s3 - mean_gy * s1 - m * s2)  # <ggx, gx> / γ per channel
         scale = w * inv_std
-        # d/dgy of <ggx, gx> + <ggγ, gγ> + <ggβ, gβ>
-        d_gy = _channel(gg_b - scale * s1 / n, d) + x_hat * _channel(gg_w - scale * s2 / n, d)
-        # d/dx: through x̂ with σ̃ held (G), then x̂(x) and σ̃(x) (∂σ̃/∂x = x̂/N)
+        # d/dgy of <ggx, gx> + <ggγ, gγ> + <ggβ, gβ> = ggx·scale + x̂·k + (ggβ − scale·s1/N)
+        k = gg_w - scale * s2 / n
+        # d/dx: through x̂ with σ̃ held, then x̂(x) and σ̃(x) (∂σ̃/∂x = x̂/N):
+        # (gy·k + x̂·c − mean_g − ggx·scale·m) / σ̃
         mean_g = gg_w * mean_gy - scale * (m * s1 + s2 * mean_gy) / n
-        mean_g_x_hat = gg_w * m - 2 * scale * m * s2 / n
-        coef_gy = gg_w - scale * s2 / n
-        coef_x_hat = -mean_g_x_hat - w * proj / n
-        d_x = gy * _channel(coef_gy, d) + x_hat * _channel(coef_x_hat, d) - _channel(mean_g, d)
-        if ggx is not None:
-            d_gy = d_gy + ggx * _channel(scale, d)
-            d_x = d_x - ggx * _channel(scale * m, d)
-        d_x = d_x * _channel(inv_std, d)
-        return d_gy.to(gy_dtype), d_x.to(x_dtype), proj.to(weight.dtype), None, None
+        c = -(gg_w * m - 2 * scale * m * s2 / n) - w * proj / n
+        # x̂ = (x − μ)/σ̃ folded into the per-channel coefficients: every map is read once per output.
+        a_x = k * inv_std
+        d_gy = torch.addcmul(_channel(gg_b - scale * s1 / n - mean * a_x, d), x, _channel(a_x, d))
+        b_x = c * inv_std * inv_std
+        d_x = torch.addcmul(_channel(-(mean_g + mean * c * inv_std) * inv_std, d), x, _channel(b_x, d))
+        d_x.addcmul_(gy, _channel(k * inv_std, d))
+        if gg_x is not None:
+            d_gy.addcmul_(gg_x, _channel(scale, d))
+            d_x.addcmul_(gg_x, _channel(-scale * m * inv_std, d))
+        return d_gy.to(gy.dtype), d_x.to(x.dtype), proj.to(weight.dtype), None, None, None
 
 
 class _TrainBatchNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
-        dims = [0] + list(range(2, x.dim()))
-        n = x.numel() // x.shape[1]
-        # Two passes (mean, then centred squares): var_mean's Welford kernel is ~10× slower on CPU.
-        centred = _acc(x) - _acc(x).mean(dims, keepdim=True)
-        inv_std = torch.rsqrt(centred.square().sum(dims, keepdim=True) / n + eps)
-        x_hat = centred * inv_std
-        ctx.save_for_backward(x, weight, x_hat, inv_std.flatten())
-        y = x_hat * _channel(_acc(weight), x.dim()) + _channel(_acc(bias), x.dim())
-        return y.to(x.dtype)
+        y, mean, inv_std = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+        ctx.save_for_backward(x, weight, mean, inv_std)
+        ctx.eps = eps
+        return y
 
     @staticmethod
     def backward(ctx, g_y):
-        x, weight, x_hat, inv_std = ctx.saved_tensors
-        g_x, g_w, g_b = _BatchNormGrad.apply(g_y, x, weight, x_hat, inv_std)
+        x, weight, mean, inv_std = ctx.saved_tensors
+        g_x, g_w, g_b = _BatchNormGrad.apply(g_y, x, weight, mean, inv_std, ctx.eps)
         return g_x, g_w, g_b, None
 
 
@@ -215,11 +223,45 @@ def _batch_norm_forward(self: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Ten
     return _TrainBatchNorm.apply(x, self.weight, self.bias, self.eps)
 
 
+def _linear_forward(self: nn.Linear, x: Tensor) -> Tensor:
+    dtype = _autocast_dtype(x.device.type)
+    if dtype is None:
+        return F.linear(x, self.weight, self.bias)
+    bias = _stored(self, "bias", dtype) if self.bias is not None else None
+    return F.linear(x, _stored(self, "weight", dtype), bias)
+
+
 def prepare_attacker_model(model: nn.Module) -> nn.Module:
-    """Patch (in place) the attacker's ``model``: zero-padded ``nn.Conv2d`` and affine BatchNorm layers."""
+    """Patch (in place) the attacker's ``model``: zero-padded ``nn.Conv2d``, ``nn.Linear`` and
+    affine BatchNorm layers."""
     for m in model.modules():
         if type(m) is nn.Conv2d and m.padding_mode == "zeros" and not isinstance(m.padding, str):
             m.forward = types.MethodType(_pixel_conv_forward, m)
+        elif type(m) is nn.Linear:
+            m.forward = types.MethodType(_linear_forward, m)
         elif type(m) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
             m.forward = types.MethodType(_batch_norm_forward, m)
     return model
+
+
+def low_precision_copies(model: nn.Module, dtype: torch.dtype) -> dict[int, Tensor]:
+    """Keep the weights and biases of the patched convolution and linear layers also in ``dtype``.
+
+    Autocast rounds them to ``dtype`` on every forward and casts their gradients back to fp32 on
+    every backward; the patched forwards read these copies instead (same values, two passes over
+    the weights fewer per iteration). Returns ``{id(parameter): copy}``: differentiate with
+    respect to the copies to get the gradient a ``dtype`` forward produces.
+    """
+    copies: dict[int, Tensor] = {}
+    for m in model.modules():
+        patched = getattr(m.forward, "__func__", None) in (_pixel_conv_forward, _linear_forward)
+        if not patched:
+            continue
+        kept = {}
+        for name in ("weight", "bias"):
+            p = getattr(m, name)
+            if p is not None and p.is_floating_point():
+                kept[name] = p.detach().to(dtype).requires_grad_(p.requires_grad)
+                copies[id(p)] = kept[name]
+        m._gradleak_copies = (dtype, kept)
+    return copies

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from ...errors import ConfigError
 from ...threat import Observation
 from .objectives import OBJECTIVES
-from .attacker_layers import prepare_attacker_model
+from .attacker_layers import low_precision_copies, prepare_attacker_model
 from .regularizers import REGULARIZERS
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -145,6 +145,8 @@ class GradientMatcher:
             p.requires_grad_(True)
         self.labels = labels
         self.objective, self.regularizers, self.dtype = matching_terms(observation, config, self.model)
+        copies = low_precision_copies(self.model, self.dtype) if self.dtype is not None else {}
+        self._low_params = [copies.get(id(p), p) for p in self.params]
 
     def _autocast(self):
         if self.dtype is None:
@@ -156,7 +158,8 @@ class GradientMatcher:
         with self._autocast():
             logits = self.model(self.obs.normalize(x))
             loss = nn.functional.cross_entropy(logits.float(), self.labels)
-        grads = torch.autograd.grad(loss, self.params, create_graph=create_graph)
+        params = self.params if self.dtype is None else self._low_params
+        grads = torch.autograd.grad(loss, params, create_graph=create_graph)
         matching = self.objective(grads)
         total = matching
         for reg, weight in self.regularizers:

@@ -75,8 +75,9 @@ class _FlatCosine(torch.autograd.Function):
     def backward(ctx, grad_out):
         g, target, target_norm, g_norm, dot = ctx.saved_tensors
         denom = (g_norm * target_norm).clamp_min(1e-12)
-        d = target * (-grad_out / denom)
-        d.add_(g * (grad_out * dot / (denom * g_norm.square()).clamp_min(1e-30)))
+        # Python floats: multiplying millions of entries by a 0-dim tensor is ~3× slower on CPU.
+        d = torch.mul(g, float(grad_out * dot / (denom * g_norm.square()).clamp_min(1e-30)))
+        d.add_(target, alpha=float(-grad_out / denom))
         out, start = [], 0
         for shape, dtype in ctx.pieces:
             n = shape.numel()
