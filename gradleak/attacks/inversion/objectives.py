@@ -58,8 +58,9 @@ def _one_minus_cosine(dot: torch.Tensor, g_norm: torch.Tensor, target_norm: torc
 
 
 class _FlatCosine(torch.autograd.Function):
-    """``1 − cos(flat(g), t)`` with its backward as one pass, ``a·t + b·g`` (autograd's chain through
-    the norm and the division makes five passes over the few million gradient entries)."""
+    """``1 − cos(flat(g), t)`` with its backward ``a·t + b·g`` as one pass over the few million
+    gradient entries plus the pass that splits them into pieces (autograd's chain through the norm
+    and the division makes five)."""
 
     @staticmethod
     def forward(ctx, target, target_norm, *dummy):
@@ -76,11 +77,16 @@ class _FlatCosine(torch.autograd.Function):
         g, target, target_norm, g_norm, dot = ctx.saved_tensors
         denom = (g_norm * target_norm).clamp_min(1e-12)
         # Python floats: multiplying millions of entries by a 0-dim tensor is ~3× slower on CPU.
-        d = torch.mul(g, float(grad_out * dot / (denom * g_norm.square()).clamp_min(1e-30)))
-        d.add_(target, alpha=float(-grad_out / denom))
+        a = float(-grad_out / denom)
+        b = float(grad_out * dot / (denom * g_norm.square()).clamp_min(1e-30))
+        if a == 0.0:
+            return (None, None, *(torch.zeros(shape, dtype=dtype) for shape, dtype in ctx.pieces))
+        # a·(t + (b/a)·g): |b/a|·|g| = |cos|·|t|, so no term swamps the other. Written over g, which
+        # this backward is the last to read; the factor a rides on the pass that splits the pieces.
+        d = torch.add(target, g, alpha=b / a, out=g)
         out, start = [], 0
         for shape, dtype in ctx.pieces:
             n = shape.numel()
-            out.append(d[start:start + n].view(shape).to(dtype))
+            out.append(torch.mul(d[start:start + n].view(shape), a, out=torch.empty(shape, dtype=dtype)))
             start += n
         return (None, None, *out)
