@@ -13,6 +13,8 @@ are put in their place before breaching is imported; the attack code is breachin
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.abc
 import importlib.machinery
 import importlib.resources
@@ -71,8 +73,10 @@ def _importable(name: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)
 def import_breaching():
-    """``(breaching.attacks, attack config)``; raises ImportError with the install line if absent."""
+    """``(breaching.attacks, attack config)``, imported and read once; raises ImportError with the
+    install line if absent. Callers copy the config before changing it."""
     try:
         import hydra  # noqa: F401  (breaching's __init__ imports it)
         from omegaconf import OmegaConf
@@ -103,7 +107,8 @@ def breaching_loop(obs, labels, iterations: int, mixed_precision: bool = False) 
     The victim's BN mode carries over as breaching models it: eval mode when the client shares
     its BN buffers, train mode (batch statistics) when it does not.
     """
-    attacks, cfg = import_breaching()
+    attacks, preset = import_breaching()
+    cfg = copy.deepcopy(preset)
     cfg.impl.mixed_precision = mixed_precision
     cfg.optim.callback = 10**9
     model = obs.model

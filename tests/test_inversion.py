@@ -138,6 +138,15 @@ def test_cosine_objective_gradient_matches_autograd_in_float64():
     torch.testing.assert_close(torch.cat([x.reshape(-1) for x in grads]).double(), ref_grad, rtol=1e-5, atol=1e-8)
 
 
+def test_cosine_objective_backward_of_a_zero_weighted_loss_is_zero_in_every_dtype():
+    torch.manual_seed(0)
+    target = [torch.randn(4, 3), torch.randn(4)]
+    dummy = [torch.randn(4, 3, dtype=torch.bfloat16, requires_grad=True), torch.randn(4, requires_grad=True)]
+    grads = torch.autograd.grad(0.0 * OBJECTIVES.get("cosine")(target)(dummy), dummy)
+    assert [g.dtype for g in grads] == [torch.bfloat16, torch.float32]
+    assert all(not g.any() for g in grads)
+
+
 @pytest.mark.parametrize("bad", [{"lr": 0.0}, {"lr": -0.1}, {"lr": float("nan")}, {"iterations": 0}, {"restarts": 0}])
 def test_both_engines_refuse_budgets_and_steps_no_optimiser_can_run(bad):
     from dataclasses import replace
