@@ -123,7 +123,10 @@ def main() -> None:
     if args.breaching:
         from breaching_loop import breaching_loop, import_breaching
 
-        import_breaching()  # fail before any timing if it is not installed
+        try:
+            import_breaching()  # fail before any timing if it is not installed
+        except ImportError as err:
+            parser.error(f"--breaching: {err}")
     tuned = args.allocator == "tuned" and tune_allocator()
     if args.threads:
         torch.set_num_threads(args.threads)
