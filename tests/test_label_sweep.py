@@ -1,6 +1,7 @@
 """``gradleak labels``: rows per (method, batch size, trial), table, CSV and plot."""
 
 import csv
+import re
 
 import pytest
 
@@ -37,3 +38,50 @@ def test_unknown_method_and_oversized_batch_are_errors():
         run_label_sweep(LabelSweepConfig(dataset="digits", model="lenet", batch_sizes=[1], trials=1, methods=["x"]), False)
     with pytest.raises(ConfigError, match="do not fit"):
         run_label_sweep(LabelSweepConfig(dataset="digits", model="lenet", batch_sizes=[10_000], trials=1), False)
+
+
+@pytest.mark.parametrize("stop, raised", [(KeyboardInterrupt, SystemExit), (RuntimeError, RuntimeError)])
+def test_a_stopped_labels_sweep_keeps_the_rows_it_measured(tmp_path, capsys, monkeypatch, stop, raised):
+    import gradleak.attacks.labels.sweep as sweep
+
+    real = sweep.iter_label_sweep
+    on_disk_before_the_stop = []
+
+    def stops_after_two_batches(cfg, progress=True):
+        for i, batch in enumerate(real(cfg, progress)):
+            if i == 2:  # rows are on disk before the stop: a killed process keeps them too
+                on_disk_before_the_stop.append((tmp_path / "labels.csv").read_text().count("\n") - 1)
+                raise stop()
+            yield batch
+
+    monkeypatch.setattr(sweep, "iter_label_sweep", stops_after_two_batches)
+    with pytest.raises(raised) as exc_info:
+        main(["labels", "--dataset", "digits", "--model", "lenet", "--batch-sizes", "2", "4", "--trials", "2",
+              "--methods", "ilrg,llg,yin", "-q", "--out", str(tmp_path)])
+    with (tmp_path / "labels.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["method"], r["batch_size"], r["trial"]) for r in rows] == [
+        (m, "2", t) for t in ("0", "1") for m in ("ilrg", "llg", "yin")]
+    assert all(r["accuracy"] not in ("", None) for r in rows)
+    assert (tmp_path / "labels.png").read_bytes()[:4] == b"\x89PNG"
+    assert on_disk_before_the_stop == [6]
+    told = capsys.readouterr().err if stop is KeyboardInterrupt else " ".join(exc_info.value.__notes__)
+    assert f"stopped; the 6 rows measured so far are in {tmp_path}/labels.csv" in told
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trials", "0"], "trials must be a positive integer"),
+    (["--batch-sizes", "0"], r"batch sizes must be positive integers, got \[0\]"),
+    (["--batch-sizes=-2"], r"got \[-2\]"),
+    (["--update", "fedavg", "--local-steps", "0"], "local steps must be a positive integer"),
+    (["--update", "fedavg", "--local-lr", "-0.1"], "local learning rate must be positive"),
+    (["--trained-steps", "-5"], "training steps must be a non-negative integer"),
+    (["--width", "0"], "model width must be a positive integer"),
+])
+def test_labels_command_refuses_bad_numbers_with_one_line(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["labels", "--dataset", "digits", "--model", "lenet", "--trials", "1", "-q", "--out", str(tmp_path), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err
+    assert not (tmp_path / "labels.csv").exists()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gradleak.errors import UpdateError
+from gradleak.errors import ConfigError, UpdateError
 from gradleak.models import build_model
 from gradleak.threat import ClientUpdate, ThreatModel, UpdateConfig, simulate_client
 
@@ -120,3 +120,29 @@ def test_untrained_convnet_in_eval_mode_has_an_image_dependent_gradient():
     nearby = _gradient_distance(model, x, y, (x + 0.01 * torch.randn(x.shape, generator=gen)).clamp(0, 1))
     assert unrelated > 0.05
     assert nearby < unrelated / 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kind="fedprox"), "unknown update 'fedprox'"),
+    (dict(kind="fedavg", local_steps=0), "local steps must be a positive integer, got 0"),
+    (dict(kind="fedavg", local_steps=2.5), "local steps must be a positive integer, got 2.5"),
+    (dict(kind="fedavg", lr=0.0), "must be positive and finite, got 0.0"),
+    (dict(kind="fedavg", lr=float("inf")), "must be positive and finite, got inf"),
+    (dict(kind="fedavg", local_batch_size=0), "local batch size must be a positive integer or None"),
+])
+def test_update_config_refuses_settings_no_client_could_run(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        UpdateConfig(**kwargs)
+
+
+def test_model_width_and_training_steps_must_be_sensible():
+    from gradleak.models.train import train_victim
+
+    with pytest.raises(ConfigError, match="model width must be a positive integer, got 0"):
+        build_model("convnet", (3, 32, 32), 10, width=0)
+    model = build_model("lenet", (1, 8, 8), 10)
+    with pytest.raises(ConfigError, match="training steps must be a non-negative integer, got -1"):
+        train_victim(model, torch.rand(4, 1, 8, 8), torch.arange(4), -1)
+    before = [p.clone() for p in model.parameters()]
+    train_victim(model, torch.rand(4, 1, 8, 8), torch.arange(4), 0)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -37,15 +37,29 @@ def main(argv: list[str] | None = None) -> None:
     tune_allocator()
     try:
         cli.main(args=argv, prog_name="gradleak", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
         click.echo("gradleak: aborted", err=True)
+        _echo_notes(exc)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
     except GradleakError as exc:
         click.echo(f"gradleak: error: {exc}", err=True)
+        _echo_notes(exc)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         click.echo("gradleak: interrupted", err=True)
+        _echo_notes(exc)
         sys.exit(130)
+
+
+def _echo_notes(exc: BaseException | None) -> None:
+    """What the stopped work saved (``add_note``), one line each; click wraps Ctrl-C in Abort, so the
+    chain of causes is read too."""
+    for _ in range(8):
+        if exc is None:
+            return
+        for note in getattr(exc, "__notes__", []):
+            click.echo(f"gradleak: {note}", err=True)
+        exc = exc.__cause__ or exc.__context__

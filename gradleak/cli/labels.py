@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..attacks.labels.sweep import BATCH_SIZES, LabelSweepConfig, run_label_sweep, summarise, write_label_sweep
+from ..attacks.labels.sweep import BATCH_SIZES, LabelSweepConfig, run_and_write_label_sweep, summarise
 from . import cli
 
 
@@ -33,10 +33,9 @@ from . import cli
 @click.argument("extra_batch_sizes", nargs=-1, type=int)
 def labels(batch_sizes, extra_batch_sizes, methods, out, quiet, **params) -> None:
     """Recover the labels of real batches from their gradients; table, labels.csv and labels.png."""
-    sizes = ([batch_sizes] if batch_sizes else []) + list(extra_batch_sizes) or list(BATCH_SIZES)
+    sizes = ([batch_sizes] if batch_sizes is not None else []) + list(extra_batch_sizes) or list(BATCH_SIZES)
     cfg = LabelSweepConfig(batch_sizes=sizes, methods=[m.strip() for m in methods.split(",")], **params)
-    rows = run_label_sweep(cfg, progress=not quiet)
-    write_label_sweep(rows, Path(out))
+    rows = run_and_write_label_sweep(cfg, Path(out), progress=not quiet)
     summary = summarise(rows)
     names = list(dict.fromkeys(s["method"] for s in summary))
     cell = {(s["method"], s["batch_size"]): s for s in summary}

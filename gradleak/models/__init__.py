@@ -48,6 +48,10 @@ def build_model(
 ) -> nn.Module:
     """Build ``name`` for inputs of ``input_shape`` (C, H, W), initialised from ``seed``."""
     factory = MODELS.get(name)
+    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"model width must be a positive integer, got {width!r}")
     c, h, _ = input_shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -22,7 +22,11 @@ def train_victim(
     progress: bool = False,
 ) -> nn.Module:
     """Train ``model`` in place for ``steps`` SGD steps (momentum 0.9) on public ``images``."""
-    if steps <= 0:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"training steps must be a non-negative integer, got {steps!r}")
+    if steps == 0:
         return model
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)

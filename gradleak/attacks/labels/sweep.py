@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -40,18 +41,29 @@ class LabelSweepConfig:
 def run_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> list[dict]:
     """Rows ``method, batch_size, trial, accuracy, exact, random_baseline, seconds`` (plus ``error``
     where a method does not apply, e.g. iDLG at B > 1)."""
+    return [row for batch in iter_label_sweep(cfg, progress) for row in batch]
+
+
+def iter_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> Iterator[list[dict]]:
+    """The rows of :func:`run_label_sweep`, one batch (every method) at a time, as they are measured."""
     from ...data import load_dataset
-    from ...metrics import label_accuracy, random_baseline
     from ...models import build_model
     from ...models.train import train_victim
     from ...pipeline import label_aux_data, public_split, set_client_mode
-    from . import LABEL_STRATEGIES, recover_labels
+    from . import LABEL_STRATEGIES
 
     methods = list(LABEL_STRATEGIES.names()) if list(cfg.methods) == ["all"] else list(cfg.methods)
     for m in methods:
         LABEL_STRATEGIES.get(m)  # unknown names fail before any work
+    if isinstance(cfg.trials, bool) or not isinstance(cfg.trials, int) or cfg.trials < 1:
+        raise ConfigError(f"trials must be a positive integer, got {cfg.trials!r}")
+    if not cfg.batch_sizes:
+        raise ConfigError("no batch sizes to sweep")
+    not_positive = [b for b in cfg.batch_sizes if isinstance(b, bool) or not isinstance(b, int) or b < 1]
+    if not_positive:
+        raise ConfigError(f"batch sizes must be positive integers, got {not_positive}")
     data = load_dataset(cfg.dataset, cfg.split, cfg.data_dir)
-    too_big = [b for b in cfg.batch_sizes if b > len(data) or b < 1]
+    too_big = [b for b in cfg.batch_sizes if b > len(data)]
     if too_big:
         raise ConfigError(f"batch sizes {too_big} do not fit the {len(data)} images of {cfg.dataset} {cfg.split}")
     public = (load_dataset(cfg.dataset, public_split(cfg.split), cfg.data_dir)
@@ -61,12 +73,22 @@ def run_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> list[dict]:
     if cfg.trained_steps:
         train_victim(model, public.images, public.labels, cfg.trained_steps, data.mean, data.std, seed=cfg.seed)
     set_client_mode(model, cfg.client_mode)
+    bar = tqdm(total=len(cfg.batch_sizes) * cfg.trials, disable=not progress, desc="label recovery", unit="batch")
+    try:
+        yield from _measure_batches(cfg, methods, data, model, aux, bar)
+    finally:
+        bar.close()
+
+
+def _measure_batches(cfg, methods, data, model, aux, bar) -> Iterator[list[dict]]:
+    from ...metrics import label_accuracy, random_baseline
+    from . import recover_labels
+
     update_cfg = UpdateConfig(cfg.update, cfg.local_steps, cfg.local_lr)
     gen = torch.Generator().manual_seed(cfg.seed)
-    rows = []
-    bar = tqdm(total=len(cfg.batch_sizes) * cfg.trials, disable=not progress, desc="label recovery", unit="batch")
     for b in cfg.batch_sizes:
         for trial in range(cfg.trials):
+            rows = []
             x, y, _ = data.sample_batch(b, gen)
             update = simulate_client(model, x, y, update_cfg, data.mean, data.std)
             obs = ThreatModel().observe(model, update, data.input_shape, data.num_classes, data.mean, data.std,
@@ -85,8 +107,7 @@ def run_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> list[dict]:
                 row["seconds"] = time.perf_counter() - started
                 rows.append(row)
             bar.update(1)
-    bar.close()
-    return rows
+            yield rows
 
 
 def summarise(rows: list[dict]) -> list[dict]:
@@ -106,15 +127,46 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+LABEL_COLUMNS = ["method", "batch_size", "trial", "accuracy", "exact", "random_baseline", "seconds", "error"]
+
+
 def write_label_sweep(rows: list[dict], out: Path) -> None:
+    """``out/labels.csv`` (written atomically) and ``out/labels.png``."""
     from ...viz import save_label_accuracy_plot
 
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "labels.csv.tmp"
     with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["method", "batch_size", "trial", "accuracy", "exact",
-                                                "random_baseline", "seconds", "error"])
+        writer = csv.DictWriter(fh, fieldnames=LABEL_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(out / "labels.csv")
     save_label_accuracy_plot(out / "labels.png", summarise(rows))
+
+
+def run_and_write_label_sweep(cfg: LabelSweepConfig, out: Path, progress: bool = True) -> list[dict]:
+    """:func:`run_label_sweep`, appending each batch's rows to ``out/labels.csv`` as they are measured.
+
+    Nothing is written until the sweep has validated its settings and set up its data and model. A
+    sweep that then stops (an error, Ctrl-C) writes the plot of what it measured and re-raises with a
+    note saying where; one that is killed still leaves every finished batch in the CSV.
+    """
+    batches = iter_label_sweep(cfg, progress)
+    first = next(batches, None)
+    rows: list[dict] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "labels.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=LABEL_COLUMNS)
+            writer.writeheader()
+            for batch_rows in itertools.chain([first] if first is not None else [], batches):
+                writer.writerows(batch_rows)
+                fh.flush()
+                rows.extend(batch_rows)
+    except BaseException as exc:
+        if rows:
+            write_label_sweep(rows, out)
+            exc.add_note(f"stopped; the {len(rows)} rows measured so far are in {out}/labels.csv and labels.png")
+        raise
+    write_label_sweep(rows, out)
+    return rows
