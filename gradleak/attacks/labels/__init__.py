@@ -29,7 +29,15 @@ even at B = 1.
 
 Trained victims leak less: LeNet after 500 SGD steps on CIFAR-10 (``--trained-steps 500``) gives
 0.963 / 0.887 / 0.859 at B = 8 / 16 / 64 with the default, and 0.873 at B = 128 (random 0.852); the
-dummies no longer show how a fitted model's predictions spread over the batch.
+dummies no longer show how a fitted model's predictions spread over the batch. ResNet-18 after the
+same training: 0.800 / 0.794 / 0.834 / 0.881 / 0.908 at B = 8 / 16 / 32 / 64 / 128 (random 0.436 /
+0.584 / 0.719 / 0.796 / 0.852), where ``llg*`` does better at B ≤ 64 (0.838 / 0.856 / 0.859 / 0.889).
+
+With a trained victim, ``--label-aux public`` hands ``ilrg-dummy`` the images the victim was trained
+on. On LeNet that helps (0.963 / 0.925 / 0.952 at B = 8 / 32 / 128); on ResNet-18, which fits those
+images far more closely, it falls below the random baseline from B = 32 on (0.525 / 0.358 / 0.233 at
+B = 32 / 64 / 128), while ``llg+`` holds 0.853 / 0.886 / 0.892. Give it images the model was not
+trained on.
 """
 
 from __future__ import annotations
