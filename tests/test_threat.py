@@ -146,3 +146,19 @@ def test_model_width_and_training_steps_must_be_sensible():
     before = [p.clone() for p in model.parameters()]
     train_victim(model, torch.rand(4, 1, 8, 8), torch.arange(4), 0)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_notes_reach_exceptions_with_and_without_add_note():
+    from gradleak.errors import add_note, is_int_at_least
+
+    class Python310Exception:  # no add_note before Python 3.11
+        pass
+
+    old = Python310Exception()
+    add_note(old, "a")
+    add_note(old, "b")
+    assert old.__notes__ == ["a", "b"]
+    new = RuntimeError()
+    add_note(new, "c")
+    assert new.__notes__ == ["c"]
+    assert [is_int_at_least(v, 1) for v in (1, 0, True, 2.0, "3", 7)] == [True, False, False, False, False, True]

@@ -8,7 +8,7 @@ from typing import Protocol
 
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, is_int_at_least
 
 SPLITS = ("train", "test")
 
@@ -66,7 +66,7 @@ class ImageDataset:
         Labels come as drawn, so a class may repeat (as in a real client's batch); the same
         generator state gives the same batch.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_int_at_least(batch_size, 1):
             raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
         if batch_size > len(self):
             raise ConfigError(

@@ -7,6 +7,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..errors import ConfigError, is_int_at_least
 from ..registry import Registry
 from .convnet import ConvNet
 from .lenet import LeNet
@@ -48,9 +49,7 @@ def build_model(
 ) -> nn.Module:
     """Build ``name`` for inputs of ``input_shape`` (C, H, W), initialised from ``seed``."""
     factory = MODELS.get(name)
-    if width is not None and (isinstance(width, bool) or not isinstance(width, int) or width < 1):
-        from ..errors import ConfigError
-
+    if width is not None and not is_int_at_least(width, 1):
         raise ConfigError(f"model width must be a positive integer, got {width!r}")
     c, h, _ = input_shape
     with torch.random.fork_rng(devices=[]):
@@ -70,8 +69,6 @@ def last_linear(model: nn.Module) -> tuple[str, str | None]:
         if isinstance(mod, nn.Linear):
             found = mod_name
     if found is None:
-        from ..errors import ConfigError
-
         raise ConfigError("the model has no nn.Linear layer; analytic label recovery needs a linear output layer")
     mod = model.get_submodule(found)
     prefix = f"{found}." if found else ""

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import ConfigError, is_int_at_least
 from ..threat.update import _normalize
 
 
@@ -22,9 +23,7 @@ def train_victim(
     progress: bool = False,
 ) -> nn.Module:
     """Train ``model`` in place for ``steps`` SGD steps (momentum 0.9) on public ``images``."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        from ..errors import ConfigError
-
+    if not is_int_at_least(steps, 0):
         raise ConfigError(f"training steps must be a non-negative integer, got {steps!r}")
     if steps == 0:
         return model

@@ -9,7 +9,7 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError, UpdateError
+from ..errors import ConfigError, UpdateError, is_int_at_least
 
 UpdateKind = Literal["fedsgd", "fedavg"]
 
@@ -76,11 +76,11 @@ class UpdateConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("fedsgd", "fedavg"):
             raise ConfigError(f"unknown update {self.kind!r}; choose fedsgd or fedavg")
-        if isinstance(self.local_steps, bool) or not isinstance(self.local_steps, int) or self.local_steps < 1:
+        if not is_int_at_least(self.local_steps, 1):
             raise ConfigError(f"local steps must be a positive integer, got {self.local_steps!r}")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < float("inf")):
             raise ConfigError(f"the client's local learning rate must be positive and finite, got {self.lr!r}")
-        if self.local_batch_size is not None and (not isinstance(self.local_batch_size, int) or self.local_batch_size < 1):
+        if self.local_batch_size is not None and not is_int_at_least(self.local_batch_size, 1):
             raise ConfigError(f"local batch size must be a positive integer or None, got {self.local_batch_size!r}")
 
 

@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ...errors import ConfigError, GradleakError
+from ...errors import ConfigError, GradleakError, add_note, is_int_at_least
 from ...threat import ThreatModel, UpdateConfig, simulate_client
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -55,11 +55,11 @@ def iter_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> Iterator[l
     methods = list(LABEL_STRATEGIES.names()) if list(cfg.methods) == ["all"] else list(cfg.methods)
     for m in methods:
         LABEL_STRATEGIES.get(m)  # unknown names fail before any work
-    if isinstance(cfg.trials, bool) or not isinstance(cfg.trials, int) or cfg.trials < 1:
+    if not is_int_at_least(cfg.trials, 1):
         raise ConfigError(f"trials must be a positive integer, got {cfg.trials!r}")
     if not cfg.batch_sizes:
         raise ConfigError("no batch sizes to sweep")
-    not_positive = [b for b in cfg.batch_sizes if isinstance(b, bool) or not isinstance(b, int) or b < 1]
+    not_positive = [b for b in cfg.batch_sizes if not is_int_at_least(b, 1)]
     if not_positive:
         raise ConfigError(f"batch sizes must be positive integers, got {not_positive}")
     data = load_dataset(cfg.dataset, cfg.split, cfg.data_dir)
@@ -166,7 +166,7 @@ def run_and_write_label_sweep(cfg: LabelSweepConfig, out: Path, progress: bool =
     except BaseException as exc:
         if rows:
             write_label_sweep(rows, out)
-            exc.add_note(f"stopped; the {len(rows)} rows measured so far are in {out}/labels.csv and labels.png")
+            add_note(exc, f"stopped; the {len(rows)} rows measured so far are in {out}/labels.csv and labels.png")
         raise
     write_label_sweep(rows, out)
     return rows
