@@ -31,7 +31,8 @@ Trained victims leak less: LeNet after 500 SGD steps on CIFAR-10 (``--trained-st
 0.963 / 0.887 / 0.859 at B = 8 / 16 / 64 with the default, and 0.873 at B = 128 (random 0.852); the
 dummies no longer show how a fitted model's predictions spread over the batch. ResNet-18 after the
 same training: 0.800 / 0.794 / 0.834 / 0.881 / 0.908 at B = 8 / 16 / 32 / 64 / 128 (random 0.436 /
-0.584 / 0.719 / 0.796 / 0.852), where ``llg*`` does better at B ≤ 64 (0.838 / 0.856 / 0.859 / 0.889).
+0.584 / 0.719 / 0.796 / 0.852), where ``llg*`` does better at every B ≥ 8 (0.838 / 0.856 / 0.859 /
+0.889 / 0.916).
 
 With a trained victim, ``--label-aux public`` hands ``ilrg-dummy`` the images the victim was trained
 on. On LeNet that helps (0.963 / 0.925 / 0.952 at B = 8 / 32 / 128); on ResNet-18, which fits those
