@@ -32,7 +32,8 @@ Trained victims leak less: LeNet after 500 SGD steps on CIFAR-10 (``--trained-st
 dummies no longer show how a fitted model's predictions spread over the batch. ResNet-18 after the
 same training: 0.800 / 0.794 / 0.834 / 0.881 / 0.908 at B = 8 / 16 / 32 / 64 / 128 (random 0.436 /
 0.584 / 0.719 / 0.796 / 0.852), where ``llg*`` does better at every B ≥ 8 (0.838 / 0.856 / 0.859 /
-0.889 / 0.916).
+0.889 / 0.916). ConvNet-64 after the same training: 0.975 at B = 4, then 0.750 / 0.731 / 0.744 / 0.753 /
+0.784 at B = 8 … 128, below the random baseline from B = 64 on, as is every strategy there.
 
 With a trained victim, ``--label-aux public`` hands ``ilrg-dummy`` the images the victim was trained
 on. On LeNet that helps (0.963 / 0.925 / 0.952 at B = 8 / 32 / 128); on ResNet-18, which fits those
