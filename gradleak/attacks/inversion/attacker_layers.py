@@ -187,7 +187,7 @@ class _BatchNormGrad(torch.autograd.Function):
         d_gy = torch.addcmul(_channel(gg_b - scale * s1 / n - mean * a_x, d), x, _channel(a_x, d))
         b_x = c * inv_std * inv_std
         d_x = torch.addcmul(_channel(-(mean_g + mean * c * inv_std) * inv_std, d), x, _channel(b_x, d))
-        d_x.addcmul_(gy, _channel(k * inv_std, d))
+        d_x.addcmul_(gy, _channel(a_x, d))
         if gg_x is not None:
             d_gy.addcmul_(gg_x, _channel(scale, d))
             d_x.addcmul_(gg_x, _channel(-scale * m * inv_std, d))

@@ -130,17 +130,9 @@ def summarise(rows: list[dict]) -> list[dict]:
 LABEL_COLUMNS = ["method", "batch_size", "trial", "accuracy", "exact", "random_baseline", "seconds", "error"]
 
 
-def write_label_sweep(rows: list[dict], out: Path) -> None:
-    """``out/labels.csv`` (written atomically) and ``out/labels.png``."""
+def _save_plot(rows: list[dict], out: Path) -> None:
     from ...viz import save_label_accuracy_plot
 
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "labels.csv.tmp"
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=LABEL_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out / "labels.csv")
     save_label_accuracy_plot(out / "labels.png", summarise(rows))
 
 
@@ -165,8 +157,8 @@ def run_and_write_label_sweep(cfg: LabelSweepConfig, out: Path, progress: bool =
                 rows.extend(batch_rows)
     except BaseException as exc:
         if rows:
-            write_label_sweep(rows, out)
+            _save_plot(rows, out)
             add_note(exc, f"stopped; the {len(rows)} rows measured so far are in {out}/labels.csv and labels.png")
         raise
-    write_label_sweep(rows, out)
+    _save_plot(rows, out)  # the CSV is complete: every batch was appended as it came
     return rows
