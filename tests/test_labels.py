@@ -3,6 +3,8 @@ models, LLG's second stage, and the default strategy's accuracy on real digits."
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -187,8 +189,26 @@ def test_feature_samples_are_reused_only_for_the_same_inputs(digits):
     copy_of_public = AuxData(public.images.clone(), public.labels)
     again = sample_features(obs, 4, copy_of_public, min_samples=64)
     assert again is not from_public and torch.equal(again.features, from_public.features)
-    assert sample_features(obs, 4, min_samples=64) is not dummies  # the cache keeps one entry per model
-    assert torch.equal(sample_features(obs, 4, min_samples=64).features, dummies.features)
+    assert sample_features(obs, 4, min_samples=64) is dummies  # the dummies' entry is still there
+
+
+def test_feature_samples_are_shared_by_observations_of_the_same_model_only(digits):
+    from gradleak.attacks.labels.base import model_fingerprint, sample_features
+
+    model = build_model("lenet", digits.input_shape, C, seed=0)
+    first = observe(model, digits.images[:4], digits.labels[:4], mean=digits.mean, std=digits.std)
+    second = observe(model, digits.images[4:8], digits.labels[4:8], mean=digits.mean, std=digits.std)
+    assert first.model is not second.model  # each observation holds its own copy of θ
+    dummies = sample_features(first, 4, min_samples=64)
+    assert sample_features(second, 4, min_samples=64) is dummies  # a sweep computes them once per batch size
+    fingerprint = model_fingerprint(second.model)
+    with torch.no_grad():
+        next(second.model.parameters()).add_(1e-3)
+    assert model_fingerprint(second.model) != fingerprint
+    moved = sample_features(second, 4, min_samples=64)
+    assert moved is not dummies and not torch.equal(moved.features, dummies.features)
+    second.model.eval()
+    assert model_fingerprint(second.model) != model_fingerprint(copy.deepcopy(second.model).train())
 
 
 @pytest.mark.parametrize("steps", [0, 20])

@@ -8,8 +8,9 @@ Notation (ALGORITHMS.md, "Label recovery from gradients"): C classes, batch B, l
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
-import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -170,12 +171,23 @@ def dummy_images(count: int, shape: tuple[int, ...], generator: torch.Generator)
     return (brightness + contrast * field).clamp(0.0, 1.0)
 
 
-# Several strategies send the same inputs through the same observation's model: keep the last
-# result per model (a fixed seed draws the same dummies, or the same aux images, every time). The
-# entry holds the aux images it came from, so an identity check cannot match a recycled tensor.
-_FEATURE_CACHE: "weakref.WeakKeyDictionary[torch.nn.Module, tuple[tuple, Optional[torch.Tensor], FeatureSample]]" = (
-    weakref.WeakKeyDictionary()
-)
+# Strategies and sweeps send the same inputs through the same θ again and again (each observation
+# holds its own copy of the model, so identity cannot tell): keep the last few results, keyed by a
+# fingerprint of the model's architecture, mode and tensors. An entry holds the aux images it came
+# from, so an identity check cannot match a recycled tensor.
+_FEATURE_CACHE: "OrderedDict[tuple, tuple[Optional[torch.Tensor], FeatureSample]]" = OrderedDict()
+_FEATURE_CACHE_SIZE = 8  # a default sweep's batch sizes
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A digest of the model's architecture, train/eval modes and every parameter and buffer."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr(model).encode())
+    digest.update(bytes(module.training for module in model.modules()))
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def sample_features(
@@ -196,15 +208,12 @@ def sample_features(
         raise ConfigError(
             f"auxiliary images have shape {tuple(aux.images.shape[1:])}, the model expects {tuple(obs.input_shape)}"
         )
-    # parameter versions change on any in-place update, so a trained-on model is not served stale features
-    key = (
-        batch_size, min_samples, seed, obs.model.training, obs.input_shape, obs.mean, obs.std,
-        tuple(p._version for p in obs.model.parameters()),
-    )
     source = None if aux is None else aux.images
-    cached = _FEATURE_CACHE.get(obs.model)
-    if cached is not None and cached[0] == key and cached[1] is source:
-        return cached[2]
+    key = (model_fingerprint(obs.model), batch_size, min_samples, seed, obs.input_shape, obs.mean, obs.std, id(source))
+    cached = _FEATURE_CACHE.get(key)
+    if cached is not None and cached[0] is source:
+        _FEATURE_CACHE.move_to_end(key)
+        return cached[1]
     layer = read_last_layer(obs)
     model = copy.deepcopy(obs.model)
     device = next(model.parameters()).device
@@ -225,5 +234,7 @@ def sample_features(
     features = torch.cat([h.flatten(1) for h, _ in captured]).double().cpu()
     logits = torch.cat([z for _, z in captured]).double().cpu()
     sample = FeatureSample(features=features, probs=torch.softmax(logits, dim=1))
-    _FEATURE_CACHE[obs.model] = (key, source, sample)
+    _FEATURE_CACHE[key] = (source, sample)
+    while len(_FEATURE_CACHE) > _FEATURE_CACHE_SIZE:
+        _FEATURE_CACHE.popitem(last=False)
     return sample
