@@ -105,14 +105,17 @@ def save_rounds_plot(path: str | Path, rows: Sequence[dict]) -> Path:
 
 
 def save_label_accuracy_plot(path: str | Path, summary: Sequence[dict]) -> Path:
-    """Mean order-free label accuracy vs batch size, one line per method, random baseline dashed."""
+    """Mean order-free label accuracy vs batch size, one line per method (bars: ± one standard error,
+    where the summary has ``accuracy_se``), random baseline dashed."""
     path = Path(path)
     fig, ax = plt.subplots(figsize=(6.4, 4))
     methods = list(dict.fromkeys(s["method"] for s in summary))
     for m in methods:
-        pts = sorted((s["batch_size"], s["accuracy"]) for s in summary if s["method"] == m and s["accuracy"] is not None)
+        pts = sorted((s["batch_size"], s["accuracy"], s.get("accuracy_se") or 0.0)
+                     for s in summary if s["method"] == m and s["accuracy"] is not None)
         if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m, markersize=3)
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt="o-", label=m,
+                        markersize=3, capsize=2)
     base = sorted({(s["batch_size"], s["random_baseline"]) for s in summary if s["method"] == methods[0]})
     ax.plot([p[0] for p in base], [p[1] for p in base], "k--", label="random")
     ax.set_xscale("log", base=2)

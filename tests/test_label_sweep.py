@@ -21,11 +21,25 @@ def test_label_sweep_rows_and_summary():
     assert summary[("ilrg", 1)]["random_baseline"] == pytest.approx(0.1)
 
 
+def test_summary_standard_error_over_trials():
+    def row(method, trial, accuracy):
+        return {"method": method, "batch_size": 4, "trial": trial, "accuracy": accuracy,
+                "exact": accuracy == 1.0, "random_baseline": 0.3}
+
+    rows = [row("a", 0, 1.0), row("a", 1, 0.5), row("a", 2, 0.75), row("a", 3, None), row("b", 0, 0.25)]
+    summary = {s["method"]: s for s in summarise(rows)}
+    assert summary["a"]["trials"] == 3 and summary["a"]["accuracy"] == pytest.approx(0.75)
+    assert summary["a"]["accuracy_se"] == pytest.approx(0.25 / 3**0.5)  # s = 0.25 over 3 trials
+    assert summary["a"]["exact"] == pytest.approx(1 / 3)
+    assert summary["b"]["accuracy_se"] is None  # one trial has no spread to report
+
+
 def test_labels_command_writes_csv_and_plot(tmp_path, capsys):
     main(["labels", "--dataset", "digits", "--model", "lenet", "--batch-sizes", "2", "4", "--trials", "2",
           "--methods", "ilrg,llg", "-q", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "ilrg" in out and "random" in out
+    assert re.search(r"^   4 +0\.\d{3} +1\.000±0\.000/1\.00 ", out, re.M)  # ilrg is exact on digits at B = 4
     with (tmp_path / "labels.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * 2 * 2

@@ -39,13 +39,18 @@ def labels(batch_sizes, extra_batch_sizes, methods, out, quiet, **params) -> Non
     summary = summarise(rows)
     names = list(dict.fromkeys(s["method"] for s in summary))
     cell = {(s["method"], s["batch_size"]): s for s in summary}
-    click.echo("mean order-free accuracy / fraction exact ('-': method does not apply)")
-    click.echo(f"{'B':>4} {'random':>7} " + " ".join(f"{m:>12}" for m in names))
+    click.echo("mean order-free accuracy ± its standard error over the trials / fraction exact "
+               "('-': method does not apply)")
+    click.echo(f"{'B':>4} {'random':>7} " + " ".join(f"{m:>18}" for m in names))
     for b in sizes:
         base = cell[(names[0], b)]["random_baseline"]
-        parts = []
-        for m in names:
-            s = cell[(m, b)]
-            parts.append(f"{s['accuracy']:.3f}/{s['exact']:.2f}" if s["accuracy"] is not None else "-")
-        click.echo(f"{b:>4} {base:>7.3f} " + " ".join(f"{p:>12}" for p in parts))
+        parts = [_cell(cell[(m, b)]) for m in names]
+        click.echo(f"{b:>4} {base:>7.3f} " + " ".join(f"{p:>18}" for p in parts))
     click.echo(f"→ {out}/labels.csv, {out}/labels.png")
+
+
+def _cell(summary: dict) -> str:
+    if summary["accuracy"] is None:
+        return "-"
+    se = f"±{summary['accuracy_se']:.3f}" if summary["accuracy_se"] is not None else ""
+    return f"{summary['accuracy']:.3f}{se}/{summary['exact']:.2f}"
