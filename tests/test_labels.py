@@ -325,3 +325,21 @@ def test_attack_pipeline_hands_public_images_to_label_recovery(monkeypatch):
     result = run_attack(AttackConfig(iterations=2, label_aux="public"), progress=False)
     assert len(seen) == 1 and seen[0] is not None and seen[0].images.shape[1:] == (1, 8, 8)
     assert result.summary["label_method"] == DEFAULT_METHOD
+
+
+def test_model_fingerprint_reads_extra_state():
+    from gradleak.attacks.labels.base import model_fingerprint
+
+    class Tagged(nn.Linear):
+        tag = "a"
+
+        def get_extra_state(self):
+            return {"tag": self.tag}
+
+        def set_extra_state(self, state):
+            self.tag = state["tag"]
+
+    model = Tagged(3, 2)
+    before = model_fingerprint(model)
+    model.tag = "b"
+    assert model_fingerprint(model) != before

@@ -185,6 +185,9 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     digest.update(repr(model).encode())
     digest.update(bytes(module.training for module in model.modules()))
     for name, tensor in model.state_dict().items():
+        if not isinstance(tensor, torch.Tensor):  # a module's extra state may be any object
+            digest.update(f"{name} {tensor!r}".encode())
+            continue
         digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
