@@ -40,7 +40,7 @@ classes' ``∇b_c`` is near 0 or positive and their embeddings are wrong; accura
 Untrained, CIFAR-10 test images, 40 batches per size (``gradleak labels --trials 40``), mean
 accuracy at B = 1 / 4 / 8 / 16 / 32 / 64 / 128: ResNet-18 1.000 throughout; ConvNet-64 1.000 up to
 B = 16, then 0.996 / 0.991 / 0.989; LeNet (DLG's init) 1.000 / 0.994 / 0.988 / 0.988 / 0.986 /
-0.990 / 0.990 (standard errors 0.006 at B = 4 down to 0.001 at 128). LeNet's errors are one sample moved
+0.9898 / 0.990 (standard errors 0.006 at B = 4 down to 0.001 at 128). LeNet's errors are one sample moved
 between the two classes it predicts for almost every image (5 and 3 at seed 0), in either
 direction. What limits them is ẑ: LeNet, B = 16, 40 batches, 7 of 640 labels wrong; with the
 batch's true mean logit in place of ẑ, 1; with the true spread or the true ``R`` instead, 7 and 6.
