@@ -38,8 +38,10 @@ same training: 0.800 / 0.794 / 0.834 / 0.881 / 0.908 at B = 8 / 16 / 32 / 64 / 1
 With a trained victim, ``--label-aux public`` hands ``ilrg-dummy`` the images the victim was trained
 on. On LeNet that helps (0.963 / 0.925 / 0.952 at B = 8 / 32 / 128); on ResNet-18, which fits those
 images far more closely, it falls below the random baseline from B = 32 on (0.525 / 0.358 / 0.233 at
-B = 32 / 64 / 128), while ``llg+`` holds 0.853 / 0.886 / 0.892. Give it images the model was not
-trained on.
+B = 32 / 64 / 128), while ``llg+`` holds 0.853 / 0.886 / 0.892. ConvNet-64 does the same
+(0.684 / 0.666 / 0.573), while there the public images lift ``geng`` and ``llg+`` above the random
+baseline at B = 64 and 128 (geng 0.870 / 0.896, llg+ 0.847 / 0.882), which every strategy falls below
+with dummies. Give ``ilrg-dummy`` images the model was not trained on.
 """
 
 from __future__ import annotations
