@@ -173,8 +173,8 @@ def dummy_images(count: int, shape: tuple[int, ...], generator: torch.Generator)
 
 # Strategies and sweeps send the same inputs through the same θ again and again (each observation
 # holds its own copy of the model, so identity cannot tell): keep the last few results, keyed by a
-# fingerprint of the model's architecture, mode and tensors. An entry holds the aux images it came
-# from, so an identity check cannot match a recycled tensor.
+# fingerprint of the model's architecture, mode and tensors, and by the aux images' id. An entry
+# holds those images, so their id cannot be recycled by another tensor while the entry lives.
 _FEATURE_CACHE: "OrderedDict[tuple, tuple[Optional[torch.Tensor], FeatureSample]]" = OrderedDict()
 _FEATURE_CACHE_SIZE = 8  # a default sweep's batch sizes
 
@@ -214,7 +214,7 @@ def sample_features(
     source = None if aux is None else aux.images
     key = (model_fingerprint(obs.model), batch_size, min_samples, seed, obs.input_shape, obs.mean, obs.std, id(source))
     cached = _FEATURE_CACHE.get(key)
-    if cached is not None and cached[0] is source:
+    if cached is not None:
         _FEATURE_CACHE.move_to_end(key)
         return cached[1]
     layer = read_last_layer(obs)

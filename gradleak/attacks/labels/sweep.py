@@ -121,14 +121,14 @@ def summarise(rows: list[dict]) -> list[dict]:
         groups.setdefault((r["method"], r["batch_size"]), []).append(r)
     out = []
     for (method, b), rs in groups.items():
-        accuracies = [r["accuracy"] for r in rs if r["accuracy"] is not None]
-        n = len(accuracies)
-        mean = sum(accuracies) / n if n else None
+        ok = [r for r in rs if r["accuracy"] is not None]
+        n = len(ok)
+        mean = sum(r["accuracy"] for r in ok) / n if n else None
         out.append({
             "method": method, "batch_size": b, "trials": n,
             "accuracy": mean,
-            "accuracy_se": math.sqrt(sum((a - mean) ** 2 for a in accuracies) / (n - 1) / n) if n > 1 else None,
-            "exact": sum(r["exact"] for r in rs if r["accuracy"] is not None) / n if n else None,
+            "accuracy_se": math.sqrt(sum((r["accuracy"] - mean) ** 2 for r in ok) / (n - 1) / n) if n > 1 else None,
+            "exact": sum(r["exact"] for r in ok) / n if n else None,
             "random_baseline": sum(r["random_baseline"] for r in rs) / len(rs),
         })
     return out
