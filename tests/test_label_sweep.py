@@ -34,6 +34,35 @@ def test_summary_standard_error_over_trials():
     assert summary["b"]["accuracy_se"] is None  # one trial has no spread to report
 
 
+def test_trials_take_turns_over_model_initialisations(monkeypatch):
+    from gradleak.attacks.labels import recover_labels
+    from gradleak.attacks.labels.base import LABEL_STRATEGIES as strategies
+    from gradleak.attacks.labels.base import model_fingerprint
+    from gradleak.data import load_dataset
+    from gradleak.models import build_model
+
+    seen = []
+
+    def spy(obs, aux=None):
+        seen.append(model_fingerprint(obs.model))
+        return recover_labels(obs, "ilrg", aux)
+
+    monkeypatch.setitem(strategies._items, "spy", spy)
+    common = dict(dataset="digits", model="lenet", batch_sizes=[4], methods=["spy"], seed=7)
+    rows = run_label_sweep(LabelSweepConfig(trials=5, inits=3, **common), progress=False)
+    assert [r["model_seed"] for r in rows] == [7, 8, 9, 7, 8]
+    assert seen[0] == seen[3] and seen[1] == seen[4] and len(set(seen[:3])) == 3
+    digits = load_dataset("digits", "test")
+    assert seen[1] == model_fingerprint(build_model("lenet", digits.input_shape, digits.num_classes, seed=8))
+    seen.clear()
+    single = run_label_sweep(LabelSweepConfig(trials=2, **common), progress=False)
+    assert [r["model_seed"] for r in single] == [7, 7] and seen[0] == model_fingerprint(build_model(
+        "lenet", digits.input_shape, digits.num_classes, seed=7))
+    # the batches do not depend on the inits: trial 0 attacks the same batch with the same model
+    assert single[0]["random_baseline"] == rows[0]["random_baseline"]
+    assert single[1]["random_baseline"] == rows[1]["random_baseline"]
+
+
 def test_labels_command_writes_csv_and_plot(tmp_path, capsys):
     main(["labels", "--dataset", "digits", "--model", "lenet", "--batch-sizes", "2", "4", "--trials", "2",
           "--methods", "ilrg,llg", "-q", "--out", str(tmp_path)])
@@ -91,6 +120,7 @@ def test_a_stopped_labels_sweep_keeps_the_rows_it_measured(tmp_path, capsys, mon
     (["--update", "fedavg", "--local-lr", "-0.1"], "local learning rate must be positive"),
     (["--trained-steps", "-5"], "training steps must be a non-negative integer"),
     (["--width", "0"], "model width must be a positive integer"),
+    (["--inits", "0"], "inits must be a positive integer"),
 ])
 def test_labels_command_refuses_bad_numbers_with_one_line(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:

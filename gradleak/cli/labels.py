@@ -28,6 +28,8 @@ from . import cli
 @click.option("--label-aux", type=click.Choice(["none", "public"]), default="none", show_default=True,
               help="public: llg+ and ilrg-dummy may use the other split's images instead of dummy inputs.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--inits", type=int, default=1, show_default=True,
+              help="Model initialisations (seeds --seed, --seed + 1, …); the trials take turns over them.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="runs/labels", show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
 @click.argument("extra_batch_sizes", nargs=-1, type=int)

@@ -35,13 +35,17 @@ class LabelSweepConfig:
     trials: int = 10
     methods: Sequence[str] = field(default_factory=lambda: ["all"])
     seed: int = 0
+    # model initialisations (seeds seed, seed + 1, …); trial t attacks init t mod inits. Untrained
+    # LeNet's accuracy at one B differs by up to 0.03 between inits: one init is not "LeNet". Past 8
+    # inits the dummy-feature cache (one entry per model and B) no longer holds a batch size's models.
+    inits: int = 1
     # "public": the attacker holds the other split's images (for llg+ and ilrg-dummy); "none": dummies
     label_aux: str = "none"
 
 
 def run_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> list[dict]:
-    """Rows ``method, batch_size, trial, accuracy, exact, random_baseline, seconds`` (plus ``error``
-    where a method does not apply, e.g. iDLG at B > 1)."""
+    """Rows ``method, batch_size, trial, model_seed, accuracy, exact, random_baseline, seconds`` (plus
+    ``error`` where a method does not apply, e.g. iDLG at B > 1)."""
     return [row for batch in iter_label_sweep(cfg, progress) for row in batch]
 
 
@@ -58,6 +62,8 @@ def iter_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> Iterator[l
         LABEL_STRATEGIES.get(m)  # unknown names fail before any work
     if not is_int_at_least(cfg.trials, 1):
         raise ConfigError(f"trials must be a positive integer, got {cfg.trials!r}")
+    if not is_int_at_least(cfg.inits, 1):
+        raise ConfigError(f"inits must be a positive integer, got {cfg.inits!r}")
     if not cfg.batch_sizes:
         raise ConfigError("no batch sizes to sweep")
     not_positive = [b for b in cfg.batch_sizes if not is_int_at_least(b, 1)]
@@ -70,18 +76,21 @@ def iter_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> Iterator[l
     public = (load_dataset(cfg.dataset, public_split(cfg.split), cfg.data_dir)
               if cfg.trained_steps or cfg.label_aux == "public" else None)
     aux = label_aux_data(cfg.label_aux, public)
-    model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.width, seed=cfg.seed)
-    if cfg.trained_steps:
-        train_victim(model, public.images, public.labels, cfg.trained_steps, data.mean, data.std, seed=cfg.seed)
-    set_client_mode(model, cfg.client_mode)
+    models = {}
+    for seed in range(cfg.seed, cfg.seed + min(cfg.inits, cfg.trials)):
+        model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.width, seed=seed)
+        if cfg.trained_steps:
+            train_victim(model, public.images, public.labels, cfg.trained_steps, data.mean, data.std, seed=seed)
+        set_client_mode(model, cfg.client_mode)
+        models[seed] = model
     bar = tqdm(total=len(cfg.batch_sizes) * cfg.trials, disable=not progress, desc="label recovery", unit="batch")
     try:
-        yield from _measure_batches(cfg, methods, data, model, aux, bar)
+        yield from _measure_batches(cfg, methods, data, models, aux, bar)
     finally:
         bar.close()
 
 
-def _measure_batches(cfg, methods, data, model, aux, bar) -> Iterator[list[dict]]:
+def _measure_batches(cfg, methods, data, models, aux, bar) -> Iterator[list[dict]]:
     from ...metrics import label_accuracy, random_baseline
     from . import recover_labels
 
@@ -90,6 +99,8 @@ def _measure_batches(cfg, methods, data, model, aux, bar) -> Iterator[list[dict]
     for b in cfg.batch_sizes:
         for trial in range(cfg.trials):
             rows = []
+            model_seed = cfg.seed + trial % cfg.inits
+            model = models[model_seed]
             x, y, _ = data.sample_batch(b, gen)
             update = simulate_client(model, x, y, update_cfg, data.mean, data.std)
             obs = ThreatModel().observe(model, update, data.input_shape, data.num_classes, data.mean, data.std,
@@ -97,7 +108,8 @@ def _measure_batches(cfg, methods, data, model, aux, bar) -> Iterator[list[dict]
             baseline = random_baseline(y, data.num_classes)
             for method in methods:
                 started = time.perf_counter()
-                row = {"method": method, "batch_size": b, "trial": trial, "random_baseline": baseline}
+                row = {"method": method, "batch_size": b, "trial": trial, "model_seed": model_seed,
+                       "random_baseline": baseline}
                 try:
                     est = recover_labels(obs, method, aux)
                 except GradleakError as exc:
@@ -134,7 +146,8 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-LABEL_COLUMNS = ["method", "batch_size", "trial", "accuracy", "exact", "random_baseline", "seconds", "error"]
+LABEL_COLUMNS = ["method", "batch_size", "trial", "model_seed", "accuracy", "exact", "random_baseline", "seconds",
+                 "error"]
 
 
 def _save_plot(rows: list[dict], out: Path) -> None:
