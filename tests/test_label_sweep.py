@@ -72,7 +72,8 @@ def test_labels_command_writes_csv_and_plot(tmp_path, capsys):
     with (tmp_path / "labels.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 2 * 2 * 2
-    assert {"method", "batch_size", "trial", "accuracy", "exact", "random_baseline"} <= set(rows[0])
+    assert {"method", "batch_size", "trial", "model_seed", "accuracy", "exact", "random_baseline"} <= set(rows[0])
+    assert {r["model_seed"] for r in rows} == {"0"}
     assert (tmp_path / "labels.png").read_bytes()[:4] == b"\x89PNG"
 
 
