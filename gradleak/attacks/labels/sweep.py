@@ -76,13 +76,13 @@ def iter_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> Iterator[l
     public = (load_dataset(cfg.dataset, public_split(cfg.split), cfg.data_dir)
               if cfg.trained_steps or cfg.label_aux == "public" else None)
     aux = label_aux_data(cfg.label_aux, public)
-    models = {}
+    models = []  # models[i] has seed cfg.seed + i; no more than the trials can reach
     for seed in range(cfg.seed, cfg.seed + min(cfg.inits, cfg.trials)):
         model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.width, seed=seed)
         if cfg.trained_steps:
             train_victim(model, public.images, public.labels, cfg.trained_steps, data.mean, data.std, seed=seed)
         set_client_mode(model, cfg.client_mode)
-        models[seed] = model
+        models.append(model)
     bar = tqdm(total=len(cfg.batch_sizes) * cfg.trials, disable=not progress, desc="label recovery", unit="batch")
     try:
         yield from _measure_batches(cfg, methods, data, models, aux, bar)
@@ -99,8 +99,8 @@ def _measure_batches(cfg, methods, data, models, aux, bar) -> Iterator[list[dict
     for b in cfg.batch_sizes:
         for trial in range(cfg.trials):
             rows = []
-            model_seed = cfg.seed + trial % cfg.inits
-            model = models[model_seed]
+            model = models[trial % len(models)]
+            model_seed = cfg.seed + trial % len(models)
             x, y, _ = data.sample_batch(b, gen)
             update = simulate_client(model, x, y, update_cfg, data.mean, data.std)
             obs = ThreatModel().observe(model, update, data.input_shape, data.num_classes, data.mean, data.std,
