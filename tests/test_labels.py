@@ -158,6 +158,56 @@ def test_within_class_spread_removes_the_between_class_share():
     assert torch.allclose(shrunk, 0.5 * spread)
 
 
+def synthetic_last_layer(labels: torch.Tensor, dim: int = 24, seed: int = 0):
+    """A last layer with sigmoid features, its exact mean gradient for ``labels``, and dummy features."""
+    from gradleak.attacks.labels.base import LastLayer
+
+    generator = torch.Generator().manual_seed(seed)
+    weight = 2.0 * torch.randn(C, dim, generator=generator, dtype=torch.float64) / dim**0.5
+    bias = 0.1 * torch.randn(C, generator=generator, dtype=torch.float64)
+    features = torch.sigmoid(torch.randn(len(labels), dim, generator=generator, dtype=torch.float64))
+    signal = torch.softmax(features @ weight.T + bias, dim=1) - nn.functional.one_hot(labels, C).double()
+    layer = LastLayer(weight, bias, signal.T @ features / len(labels), signal.mean(dim=0), "head")
+    dummies = torch.sigmoid(torch.randn(256, dim, generator=generator, dtype=torch.float64))
+    return layer, dummies
+
+
+def test_instance_fit_is_exact_for_the_true_multiset_only():
+    from gradleak.attacks.labels.ilrg import fit_instances
+
+    labels = torch.tensor([1, 3, 3, 7])
+    layer, dummies = synthetic_last_layer(labels)
+    generator = torch.Generator().manual_seed(0)
+    assert fit_instances(layer, labels, dummies, generator) < 1e-8
+    for wrong in ([1, 3, 7, 7], [3, 3, 3, 7], [1, 3, 3, 8]):
+        assert fit_instances(layer, torch.tensor(wrong), dummies, generator) > 1e-5
+
+
+def test_factorised_counts_correct_a_one_sample_error():
+    from gradleak.attacks.labels.ilrg import factorised_counts
+
+    labels = torch.tensor([0, 4, 4, 9])
+    layer, dummies = synthetic_last_layer(labels, seed=1)
+    start = counts_of(torch.tensor([0, 4, 9, 9]))
+    real = start.double() + torch.tensor([0.0] * 4 + [0.3] + [0.0] * 4 + [-0.3])  # leaning towards the truth
+    found = factorised_counts(layer, start, real, torch.zeros(C, dtype=torch.long), dummies)
+    assert found is not None and torch.equal(found, counts_of(labels))
+
+
+def test_factorisation_declines_what_it_cannot_explain():
+    from gradleak.attacks.labels.ilrg import factorisable, factorised_counts
+
+    labels = torch.tensor([2, 5, 5, 6])
+    layer, dummies = synthetic_last_layer(labels, seed=2)
+    # a second local step's worth of change: no labelling fits exactly, so the counts stand as they are
+    generator = torch.Generator().manual_seed(3)
+    layer.grad_weight = layer.grad_weight + 0.05 * layer.grad_weight.norm() / 16 * torch.randn(layer.grad_weight.shape, generator=generator, dtype=torch.float64)
+    assert factorised_counts(layer, counts_of(labels), counts_of(labels).double(), torch.zeros(C, dtype=torch.long), dummies) is None
+    # over-determined by at least two: B ≤ (C − 1) / 2, and no more samples than feature dimensions
+    assert [factorisable(b, C, 24) for b in (1, 2, 4, 5)] == [False, True, True, False]
+    assert not factorisable(4, C, 3) and factorisable(49, 100, 512)
+
+
 # --- real models ---------------------------------------------------------------------------
 
 
