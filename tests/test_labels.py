@@ -173,14 +173,15 @@ def synthetic_last_layer(labels: torch.Tensor, dim: int = 24, seed: int = 0):
 
 
 def test_instance_fit_is_exact_for_the_true_multiset_only():
-    from gradleak.attacks.labels.ilrg import fit_instances
+    from gradleak.attacks.labels.ilrg import fit_instances, row_space
 
     labels = torch.tensor([1, 3, 3, 7])
     layer, dummies = synthetic_last_layer(labels)
+    factors = row_space(layer, len(labels))
     generator = torch.Generator().manual_seed(0)
-    assert fit_instances(layer, labels, dummies, generator) < 1e-8
+    assert fit_instances(layer, factors, labels, dummies, generator) < 1e-8
     for wrong in ([1, 3, 7, 7], [3, 3, 3, 7], [1, 3, 3, 8]):
-        assert fit_instances(layer, torch.tensor(wrong), dummies, generator) > 1e-5
+        assert fit_instances(layer, factors, torch.tensor(wrong), dummies, generator) > 1e-5
 
 
 def test_factorised_counts_correct_a_one_sample_error():

@@ -231,23 +231,36 @@ def factorisable(batch_size: int, num_classes: int, feature_dim: int) -> bool:
     return 2 <= batch_size <= min((num_classes - 1) // 2, feature_dim)
 
 
-def fit_instances(layer: LastLayer, labels: torch.Tensor, features: torch.Tensor, generator: torch.Generator) -> float:
+RowSpace = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # ∇W's top-B U (C, B), S (B,), Vᵀ (B, D)
+
+
+def row_space(layer: LastLayer, batch_size: int) -> Optional[RowSpace]:
+    """``∇W``'s top-``batch_size`` singular triplets, or None when no exact instance-wise fit can
+    exist (rank above B: a FedAvg delta, added noise) or be found (the B-th singular value too small:
+    a sample fit with near certainty leaves too little of its gradient)."""
+    u, s, vh = torch.linalg.svd(layer.grad_weight, full_matrices=False)
+    if float(s[batch_size]) > _FACTOR_MAX_RANK_EXCESS * float(s[0]):
+        return None
+    if float(s[batch_size - 1]) <= _FACTOR_MIN_CONDITION * float(s[0]):
+        return None
+    return u[:, :batch_size], s[:batch_size], vh[:batch_size]
+
+
+def fit_instances(layer: LastLayer, factors: RowSpace, labels: torch.Tensor, features: torch.Tensor, generator: torch.Generator) -> float:
     """How well one sample per entry of ``labels`` explains ``∇W`` and ``∇b`` exactly.
 
     For B below the number of classes ``B ∇W = (P − Y)ᵀ H`` has rank B and the features lie in its
-    row space: ``H = A V`` with ``V`` its top-B right singular vectors. Given the labels ``Y``, fit the
-    B × B coordinates ``A`` (``P = softmax(A V Wᵀ + b)``) to ``(P − Y)ᵀ A = B U S`` and
-    ``(P − Y)ᵀ 1 = B ∇b`` by L-BFGS, starting from dummy features projected into the row space.
-    Returns the smallest squared residual over the restarts, each column scaled by its singular
-    value; near 0 only when the multiset is right (the system is over-determined for
-    ``B ≤ (C − 1) / 2``). The instance-wise step of Ma et al. (ICLR 2023), solved by fitting.
+    row space: ``H = A V`` with ``V`` its top-B right singular vectors (``factors``, from
+    :func:`row_space`). Given the labels ``Y``, fit the B × B coordinates ``A``
+    (``P = softmax(A V Wᵀ + b)``) to ``(P − Y)ᵀ A = B U S`` and ``(P − Y)ᵀ 1 = B ∇b`` by L-BFGS,
+    starting from dummy features projected into the row space. Returns the smallest squared residual
+    over the restarts, each column scaled by its singular value; near 0 only when the multiset is
+    right (the system is over-determined for ``B ≤ (C − 1) / 2``). The instance-wise step of Ma et
+    al. (ICLR 2023), solved by fitting.
     """
     batch_size = int(labels.numel())
     weight, bias = layer.weight, layer.bias
-    u, s, vh = torch.linalg.svd(layer.grad_weight, full_matrices=False)
-    u, s, vh = u[:, :batch_size], s[:batch_size], vh[:batch_size]
-    if float(s[-1]) <= _FACTOR_MIN_CONDITION * float(s[0]):
-        return float("inf")  # a sample fit with near certainty leaves too little of its gradient
+    u, s, vh = factors
     to_logits = vh @ weight.T  # (B, C)
     target = batch_size * u * s[None, :]  # (C, B)
     onehot = torch.nn.functional.one_hot(labels, weight.shape[0]).to(weight.dtype)
@@ -297,18 +310,18 @@ def _one_moves(counts: torch.Tensor, real: torch.Tensor, lower: torch.Tensor) ->
 
 def factorised_counts(layer: LastLayer, counts: torch.Tensor, real: torch.Tensor, lower: torch.Tensor, features: torch.Tensor) -> Optional[torch.Tensor]:
     """The first of ``counts`` and its nearest one-sample moves whose labels fit the gradient exactly
-    (:func:`fit_instances`), or None when none does or ``∇W`` is not of rank B (a FedAvg delta,
-    added noise) or B is too large."""
+    (:func:`fit_instances`), or None when none does, B is too large or :func:`row_space` rules a
+    fit out."""
     batch_size = int(counts.sum())
     if layer.bias is None or not factorisable(batch_size, *layer.weight.shape):
         return None
-    singular = torch.linalg.svdvals(layer.grad_weight)
-    if float(singular[batch_size]) > _FACTOR_MAX_RANK_EXCESS * float(singular[0]):
+    factors = row_space(layer, batch_size)
+    if factors is None:
         return None
     generator = torch.Generator().manual_seed(0)
     for candidate in [counts] + _one_moves(counts, real, lower)[:_FACTOR_NEIGHBOURS]:
         labels = torch.repeat_interleave(torch.arange(len(candidate)), candidate)
-        if fit_instances(layer, labels, features, generator) < _FACTOR_TOLERANCE:
+        if fit_instances(layer, factors, labels, features, generator) < _FACTOR_TOLERANCE:
             return candidate
     return None
 
