@@ -148,14 +148,20 @@ def test_within_class_spread_removes_the_between_class_share():
     same = torch.zeros(C, C, dtype=torch.float64)
     assert torch.equal(within_class_spread(spread, same, counts), spread)  # no between-class part
     # two equally weighted class means ±d apart along a row-centred direction: between = |d|², so
-    # a between share of 3/4 of the total leaves half of the spread's scale
+    # a between share of 0.19 of the total leaves 0.9 of the spread's scale
     direction = torch.zeros(C, dtype=torch.float64)
     direction[0], direction[1] = 1.0, -1.0
-    d = direction * (0.75 * total / float(direction.pow(2).sum())) ** 0.5
-    means = torch.zeros(C, C, dtype=torch.float64)
-    means[0], means[1] = d, -d
-    shrunk = within_class_spread(spread, means, counts)
-    assert torch.allclose(shrunk, 0.5 * spread)
+
+    def means_with_share(share: float) -> torch.Tensor:
+        d = direction * (share * total / float(direction.pow(2).sum())) ** 0.5
+        means = torch.zeros(C, C, dtype=torch.float64)
+        means[0], means[1] = d, -d
+        return means
+
+    assert torch.allclose(within_class_spread(spread, means_with_share(0.19), counts), 0.9 * spread)
+    # a share past 1 − 0.8² (noisy class means, inputs narrower than the images) stops at scale 0.8
+    for share in (0.75, 1.5):
+        assert torch.allclose(within_class_spread(spread, means_with_share(share), counts), 0.8 * spread)
 
 
 def synthetic_last_layer(labels: torch.Tensor, dim: int = 24, seed: int = 0):

@@ -23,13 +23,14 @@ LeNet on digits, full-batch local steps, 10 batches each, mean order-free accura
 BatchNorm models degrade faster (ConvNet width 16 on digits, B = 64, 5 batches, ``gradleak labels``:
 0.984 at K = 1, 0.75 at K = 5, η = 0.1 and 0.83 at K = 10, η = 0.01, against a random baseline of
 0.80); every strategy is near the baseline there. On CIFAR-10 the same LeNet (DLG's ±0.5 init,
-large gradients) drifts further: K = 5, η = 0.01 gives 0.81 / 0.69 / 0.63 at B = 8 / 16 / 64 (random 0.44 / 0.58 /
-0.80; ``gradleak labels --update fedavg --local-steps 5 --local-lr 0.01``), and geng and ilrg fail
-even at B = 1.
+large gradients) drifts further: K = 5, η = 0.01 gives 0.74 / 0.73 / 0.63 at B = 8 / 16 / 64 (random 0.44 / 0.58 /
+0.80; 20 batches each, ``gradleak labels --update fedavg --local-steps 5 --local-lr 0.01
+--batch-sizes 8 16 64 --trials 20``), and geng and ilrg fail even at B = 1.
 
-Trained victims leak less: LeNet after 500 SGD steps on CIFAR-10 (``--trained-steps 500``) gives
-0.963 / 0.887 / 0.859 at B = 8 / 16 / 64 with the default, and 0.873 at B = 128 (random 0.852); the
-dummies no longer show how a fitted model's predictions spread over the batch. ResNet-18 after the
+Trained victims leak less: LeNet after 500 SGD steps on CIFAR-10 (``--trained-steps 500
+--batch-sizes 8 16 64 128 --trials 40``) gives 0.981 / 0.917 / 0.875 / 0.873 at B = 8 / 16 / 64 / 128
+with the default (random 0.436 / 0.589 / 0.798 / 0.851); the dummies no longer show how a fitted
+model's predictions spread over the batch. ResNet-18 after the
 same training: 0.800 / 0.794 / 0.834 / 0.881 / 0.908 at B = 8 / 16 / 32 / 64 / 128 (random 0.436 /
 0.584 / 0.719 / 0.796 / 0.852), where ``llg*`` does better at every B ≥ 8 (0.838 / 0.856 / 0.859 /
 0.889 / 0.916). ConvNet-64 after the same training: 0.975 at B = 4, then 0.750 / 0.731 / 0.744 / 0.753 /
