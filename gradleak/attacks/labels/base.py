@@ -22,6 +22,11 @@ from ...registry import Registry
 from ...threat import Observation
 
 
+def labels_from_counts(counts: torch.Tensor) -> torch.Tensor:
+    """The multiset ``counts`` (per class) as a sorted ``(B,)`` int64 tensor of labels."""
+    return torch.repeat_interleave(torch.arange(counts.numel()), counts)
+
+
 @dataclass
 class LabelEstimate:
     """Recovered label multiset of one batch.
@@ -37,7 +42,7 @@ class LabelEstimate:
     @property
     def labels(self) -> torch.Tensor:
         """The recovered labels as a sorted ``(B,)`` int64 tensor."""
-        return torch.repeat_interleave(torch.arange(self.counts.numel()), self.counts)
+        return labels_from_counts(self.counts)
 
     @property
     def batch_size(self) -> int:

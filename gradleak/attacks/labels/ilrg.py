@@ -88,6 +88,7 @@ from .base import (
     AuxData,
     LabelEstimate,
     LastLayer,
+    labels_from_counts,
     present_at_least,
     read_last_layer,
     round_counts,
@@ -337,7 +338,7 @@ def factorised_counts(layer: LastLayer, counts: torch.Tensor, real: torch.Tensor
         return None
     generator = torch.Generator().manual_seed(0)
     for candidate in [counts] + _one_moves(counts, real, lower)[:_FACTOR_NEIGHBOURS]:
-        labels = torch.repeat_interleave(torch.arange(len(candidate)), candidate)
+        labels = labels_from_counts(candidate)
         if fit_instances(layer, factors, labels, features, generator) < _FACTOR_TOLERANCE:
             return candidate
     return None
