@@ -215,6 +215,16 @@ def test_factorisation_declines_what_it_cannot_explain():
     assert not factorisable(4, C, 3) and factorisable(49, 100, 512)
 
 
+def test_instance_fit_works_with_as_many_features_as_samples():
+    from gradleak.attacks.labels.ilrg import factorised_counts, row_space
+
+    labels = torch.tensor([1, 3, 3, 7])
+    layer, dummies = synthetic_last_layer(labels, dim=4)  # ∇W has 4 singular values, none beyond B
+    assert row_space(layer, 4) is not None
+    found = factorised_counts(layer, counts_of(labels), counts_of(labels).double(), torch.zeros(C, dtype=torch.long), dummies)
+    assert found is not None and torch.equal(found, counts_of(labels))
+
+
 # --- real models ---------------------------------------------------------------------------
 
 

@@ -257,7 +257,8 @@ def row_space(layer: LastLayer, batch_size: int) -> Optional[RowSpace]:
     exist (rank above B: a FedAvg delta, added noise) or be found (the B-th singular value too small:
     a sample fit with near certainty leaves too little of its gradient)."""
     u, s, vh = torch.linalg.svd(layer.grad_weight, full_matrices=False)
-    if float(s[batch_size]) > _FACTOR_MAX_RANK_EXCESS * float(s[0]):
+    # with exactly B features ∇W has only B singular values, and rank above B is impossible
+    if len(s) > batch_size and float(s[batch_size]) > _FACTOR_MAX_RANK_EXCESS * float(s[0]):
         return None
     if float(s[batch_size - 1]) <= _FACTOR_MIN_CONDITION * float(s[0]):
         return None
