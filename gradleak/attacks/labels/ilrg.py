@@ -41,9 +41,9 @@ classes' ``∇b_c`` is near 0 or positive and their embeddings are wrong; accura
   model favours together, so the integer vector nearest in Mahalanobis distance beats rounding;
 - for ``2 ≤ B ≤ (C − 1) / 2`` (B ≤ 4 on 10 classes) and a one-step gradient (``∇W`` of rank B), try
   the paper's instance-wise view: factorise ``B ∇W = (P − Y)ᵀ H`` sample by sample
-  (:func:`fit_instances`) for the rounded counts and their nearest one-sample moves, and keep the
+  (:func:`fit_instances`) for the decoded counts and their nearest one-sample moves, and keep the
   first multiset that fits exactly. The system is over-determined there, so an exact fit names the
-  labels; when none fits (very confident samples, FedAvg, noise) the rounded counts stand.
+  labels; when none fits (very confident samples, FedAvg, noise) the decoded counts stand.
   Untrained LeNet, 200 batches over seeds 0–4, B = 2 / 3 / 4: 0.995 / 0.993 / 0.995 without it,
   1.000 / 1.000 / 0.999 with it, for 0.39 s more per batch (0.012 s → 0.40 s).
 
@@ -264,11 +264,6 @@ def _refine(layer: LastLayer, batch_size: int, dummy_features: torch.Tensor, fix
     return counts, batch_mean
 
 
-def refined_real_counts(layer: LastLayer, batch_size: int, dummy_features: torch.Tensor) -> torch.Tensor:
-    """``ilrg-dummy``'s real-valued counts, from the last layer and the features of dummy inputs."""
-    return _refine(layer, batch_size, dummy_features)[0]
-
-
 def count_covariance(layer: LastLayer, batch_size: int, dummy_features: torch.Tensor, real: torch.Tensor,
                      batch_mean: torch.Tensor) -> torch.Tensor:
     """Covariance of the real-valued counts' error that ẑ's uncertainty induces, plus
@@ -304,21 +299,21 @@ def decode_counts(real: torch.Tensor, covariance: torch.Tensor, batch_size: int,
     strongly correlated (see :func:`count_covariance`)."""
     precision = torch.linalg.pinv(covariance, hermitian=True)
 
-    def distance(k: torch.Tensor) -> float:
-        d = k.to(real.dtype) - real
-        return float(d @ precision @ d)
+    def distances(candidates: torch.Tensor) -> torch.Tensor:  # (M, C) count vectors → (M,)
+        gaps = candidates.to(real.dtype) - real
+        return ((gaps @ precision) * gaps).sum(dim=1)
 
     counts = round_counts(real, batch_size, lower=lower)
-    best = distance(counts)
+    best = float(distances(counts[None])[0])
     for _ in range(batch_size * len(real)):  # each accepted move lowers the distance: this bound is never reached
         moves = _one_moves(counts, real, lower)
         if not moves:
             break
-        scores = [distance(m) for m in moves]
-        i = min(range(len(moves)), key=scores.__getitem__)
-        if scores[i] >= best - 1e-12:
+        scores = distances(torch.stack(moves))
+        i = int(scores.argmin())  # ties: the first, i.e. the move closest to the real counts
+        if float(scores[i]) >= best - 1e-12:
             break
-        counts, best = moves[i], scores[i]
+        counts, best = moves[i], float(scores[i])
     return counts
 
 
