@@ -249,8 +249,10 @@ def test_count_covariance_matches_the_counts_spread_under_batch_mean_noise():
     labels = torch.tensor([0, 0, 0, 2, 2, 5, 5, 5, 5, 7, 7, 9] * 2)
     layer, dummies = synthetic_last_layer(labels, seed=4)
     batch = len(labels)
-    real, batch_mean = IL._refine(layer, batch, dummies)
-    covariance = IL.count_covariance(layer, batch, dummies, real, batch_mean) - IL._COUNT_NOISE**2 * torch.eye(C, dtype=torch.float64)
+    estimate = IL._refine(layer, batch, dummies)
+    real, batch_mean = estimate.counts, estimate.batch_mean
+    covariance = (IL.count_covariance(layer, batch, dummies, estimate) - IL.sampling_covariance(estimate.class_means, estimate.spread, real)
+                  - IL._COUNT_NOISE_FLOOR**2 * torch.eye(C, dtype=torch.float64))
     # Monte Carlo: counts with ẑ drawn from its assumed distribution, N(ẑ, Cov(dummy logits) / B)
     generator = torch.Generator().manual_seed(0)
     sigma = torch.cov((dummies @ layer.weight.T).T) / batch
@@ -264,6 +266,29 @@ def test_count_covariance_matches_the_counts_spread_under_batch_mean_noise():
     assert 0.8 < float(covariance.trace() / empirical.trace()) < 1.25
     # moving ẑ redistributes the batch among classes (the sum B holds by least squares, not exactly)
     assert float(covariance.sum(dim=1).abs().max()) < 0.1 * float(covariance.diagonal().max())
+
+def test_sampling_covariance_matches_batches_drawn_from_the_spread():
+    from gradleak.attacks.labels.ilrg import sampling_covariance
+
+    generator = torch.Generator().manual_seed(0)
+    class_means = 2.0 * torch.randn(C, C, generator=generator, dtype=torch.float64)
+    spread = 1.5 * torch.randn(300, C, generator=generator, dtype=torch.float64)
+    counts = torch.tensor([3.0, 0, 5, 1, 0, 0, 8, 0, 2, 1], dtype=torch.float64)
+    # Monte Carlo: each of class j's k_j samples predicts softmax(u_j + ζ) with ζ drawn from the spread
+    sums = []
+    for _ in range(4000):
+        total = torch.zeros(C, dtype=torch.float64)
+        for j, k in enumerate(counts.long().tolist()):
+            drawn = spread[torch.randint(len(spread), (k,), generator=generator)]
+            total += torch.softmax(class_means[j] + drawn, dim=1).sum(dim=0)
+        sums.append(total)
+    empirical = torch.cov(torch.stack(sums).T)
+    predicted = sampling_covariance(class_means, spread, counts)
+    assert float(empirical.diagonal().max()) > 0.5  # the predictions do swing
+    assert torch.allclose(predicted, empirical, atol=0.1 * float(empirical.diagonal().max()))
+    assert float(predicted.sum(dim=1).abs().max()) < 1e-9  # probabilities sum to one: Σ_c P_c does not vary
+    assert float(sampling_covariance(class_means, spread, torch.zeros(C, dtype=torch.float64)).abs().max()) == 0.0
+
 
 # --- real models ---------------------------------------------------------------------------
 
