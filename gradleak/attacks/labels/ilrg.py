@@ -303,7 +303,8 @@ def sampling_covariance(class_means: torch.Tensor, spread: torch.Tensor, counts:
         probs = torch.softmax(class_means[start : start + chunk, None, :] + spread[None, :, :], dim=2)  # (j, N, C)
         centred = probs - probs.mean(dim=1, keepdim=True)
         weights = counts[start : start + chunk].clamp(min=0) / max(num_inputs - 1, 1)
-        covariance += torch.einsum("j,jnc,jnd->cd", weights, centred, centred)
+        weighted = (centred * weights[:, None, None]).reshape(-1, num_classes)
+        covariance += weighted.T @ centred.reshape(-1, num_classes)
     return covariance
 
 
