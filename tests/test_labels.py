@@ -225,7 +225,6 @@ def test_instance_fit_works_with_as_many_features_as_samples():
     assert found is not None and torch.equal(found, counts_of(labels))
 
 
-
 def test_decoding_follows_correlated_count_errors():
     from gradleak.attacks.labels.ilrg import decode_counts
 
@@ -257,8 +256,8 @@ def test_count_covariance_matches_the_counts_spread_under_batch_mean_noise():
     generator = torch.Generator().manual_seed(0)
     sigma = torch.cov((dummies @ layer.weight.T).T) / batch
     draws = torch.randn(400, C, generator=generator, dtype=torch.float64) @ torch.linalg.cholesky(sigma).T
-    at_mean = IL._refine(layer, batch, dummies, fixed_batch_mean=batch_mean, start=real)[0]
-    changes = torch.stack([IL._refine(layer, batch, dummies, fixed_batch_mean=batch_mean + d, start=at_mean)[0] for d in draws]) - at_mean
+    at_mean = IL._refine(layer, batch, dummies, fixed_batch_mean=batch_mean, start=real).counts
+    changes = torch.stack([IL._refine(layer, batch, dummies, fixed_batch_mean=batch_mean + d, start=at_mean).counts for d in draws]) - at_mean
     empirical = changes.T @ changes / len(draws)
     assert float(empirical.trace()) > 0.1  # ẑ matters here
     # sigma points against 400 draws: within 30 % of the largest variance entry by entry (measured: 26 %)
@@ -266,6 +265,7 @@ def test_count_covariance_matches_the_counts_spread_under_batch_mean_noise():
     assert 0.8 < float(covariance.trace() / empirical.trace()) < 1.25
     # moving ẑ redistributes the batch among classes (the sum B holds by least squares, not exactly)
     assert float(covariance.sum(dim=1).abs().max()) < 0.1 * float(covariance.diagonal().max())
+
 
 def test_sampling_covariance_matches_batches_drawn_from_the_spread():
     from gradleak.attacks.labels.ilrg import sampling_covariance

@@ -99,7 +99,7 @@ the class means, the counts still depend on which deviations the batch drew.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import torch
 
@@ -209,20 +209,28 @@ def within_class_spread(spread: torch.Tensor, class_means: torch.Tensor, counts:
     return spread * max(_MIN_WITHIN_SCALE**2, 1.0 - between / total) ** 0.5
 
 
+def _class_probs(class_means: torch.Tensor, spread: torch.Tensor) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``softmax(u_j + ζ_d)`` for every class j and deviation d, as ``(classes, probs)`` with probs of
+    shape ``(j, N, C)``. Classes are taken in chunks so that memory stays O(chunk · N · C) for many
+    classes."""
+    num_classes, num_inputs = class_means.shape[0], spread.shape[0]
+    chunk = max(1, 2**22 // (num_inputs * num_classes))
+    for start in range(0, num_classes, chunk):
+        classes = slice(start, start + chunk)
+        yield classes, torch.softmax(class_means[classes, None, :] + spread[None, :, :], dim=2)
+
+
 def _spread_moments(class_means: torch.Tensor, spread: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``p̄_j = mean_d softmax(u_j + ζ_d)`` and ``R_c = Σ_j k_j mean_d softmax(u_j + ζ_d)_c ζ_d``.
 
-    ``R`` is how predictions correlate with the deviations they come from. Classes are taken in
-    chunks so that memory stays O(chunk · N · C) for many classes.
+    ``R`` is how predictions correlate with the deviations they come from.
     """
     num_classes, num_dummies = class_means.shape[0], spread.shape[0]
     mean_probs = torch.empty_like(class_means)
     weighted = torch.zeros(num_dummies, num_classes, dtype=class_means.dtype)  # Σ_j k_j p(u_j + ζ_d)
-    chunk = max(1, 2**22 // (num_dummies * num_classes))
-    for start in range(0, num_classes, chunk):
-        probs = torch.softmax(class_means[start : start + chunk, None, :] + spread[None, :, :], dim=2)
-        mean_probs[start : start + chunk] = probs.mean(dim=1)
-        weighted += torch.einsum("j,jdc->dc", counts[start : start + chunk], probs)
+    for classes, probs in _class_probs(class_means, spread):
+        mean_probs[classes] = probs.mean(dim=1)
+        weighted += torch.einsum("j,jdc->dc", counts[classes], probs)
     return mean_probs, weighted.T @ spread / num_dummies
 
 
@@ -298,11 +306,9 @@ def sampling_covariance(class_means: torch.Tensor, spread: torch.Tensor, counts:
     """
     num_classes, num_inputs = class_means.shape[0], spread.shape[0]
     covariance = torch.zeros(num_classes, num_classes, dtype=class_means.dtype)
-    chunk = max(1, 2**22 // (num_inputs * num_classes))
-    for start in range(0, num_classes, chunk):
-        probs = torch.softmax(class_means[start : start + chunk, None, :] + spread[None, :, :], dim=2)  # (j, N, C)
+    for classes, probs in _class_probs(class_means, spread):
         centred = probs - probs.mean(dim=1, keepdim=True)
-        weights = counts[start : start + chunk].clamp(min=0) / max(num_inputs - 1, 1)
+        weights = counts[classes].clamp(min=0) / max(num_inputs - 1, 1)
         weighted = (centred * weights[:, None, None]).reshape(-1, num_classes)
         covariance += weighted.T @ centred.reshape(-1, num_classes)
     return covariance
