@@ -13,29 +13,26 @@ baseline for the same label multisets.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import numpy as np
 import torch
 
 from gradleak.attacks.labels import DEFAULT_METHOD, LABEL_STRATEGIES, AuxData, recover_labels
-from gradleak.data import load_dataset
 from gradleak.errors import GradleakError
 from gradleak.metrics.labels import label_accuracy, random_baseline
 from gradleak.models import build_model
 from gradleak.models.train import train_victim
 from gradleak.threat import ThreatModel, UpdateConfig, simulate_client
 
+from _label_cli import add_run_options, add_victim_options, load_splits, parse
+
 BATCH_SIZES = (1, 4, 8, 16, 32, 64, 128)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="convnet", choices=["lenet", "convnet", "resnet18"])
-    parser.add_argument("--width", type=int, default=None, help="model width (default: the model's own)")
-    parser.add_argument("--dataset", default="cifar10", choices=["digits", "cifar10"])
-    parser.add_argument("--data-dir", default=None, help="CIFAR-10 folder (cifar-10-batches-py or its parent)")
+    add_victim_options(parser, model="convnet")
     parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
     parser.add_argument("--methods", default=",".join(LABEL_STRATEGIES.names()))
@@ -43,18 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-steps", type=int, default=0, help="FedAvg with this many local steps (0: FedSGD)")
     parser.add_argument("--local-lr", type=float, default=0.1)
     parser.add_argument("--aux", type=int, default=0, help="hand llg+ (only) this many train-split images as public data")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    try:
-        test = load_dataset(args.dataset, "test", args.data_dir, download=False)
-        train = load_dataset(args.dataset, "train", args.data_dir, download=False) if (args.trained_steps or args.aux) else None
-    except GradleakError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    add_run_options(parser)
+    args = parse(parser, argv)
+    test, *rest = load_splits(args, "test", *(["train"] if (args.trained_steps or args.aux) else []))
+    train = rest[0] if rest else None
     num_classes = test.num_classes
     model = build_model(args.model, test.input_shape, num_classes, width=args.width, seed=args.seed)
     if args.trained_steps:

@@ -1,0 +1,41 @@
+"""Options and data loading shared by the label benchmarks (``label_recovery``, ``label_ceiling``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from gradleak.data import load_dataset
+from gradleak.errors import GradleakError
+
+
+def add_victim_options(parser: argparse.ArgumentParser, model: str) -> None:
+    """``--model --width --dataset --data-dir``."""
+    parser.add_argument("--model", default=model, choices=["lenet", "convnet", "resnet18"])
+    parser.add_argument("--width", type=int, default=None, help="model width (default: the model's own)")
+    parser.add_argument("--dataset", default="cifar10", choices=["digits", "cifar10"])
+    parser.add_argument("--data-dir", default=None, help="CIFAR-10 folder (cifar-10-batches-py or its parent)")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """``--seed --threads``."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def load_splits(args: argparse.Namespace, *splits: str):
+    """The named splits of ``args.dataset``; a missing or bad data folder exits with its message (status 2)."""
+    try:
+        return [load_dataset(args.dataset, split, args.data_dir, download=False) for split in splits]
+    except GradleakError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
