@@ -19,6 +19,21 @@ def add_victim_options(parser: argparse.ArgumentParser, model: str) -> None:
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 folder (cifar-10-batches-py or its parent)")
 
 
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(b) for b in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return sizes
+
+
+def add_batch_sizes_option(parser: argparse.ArgumentParser, default: tuple[int, ...]) -> None:
+    """``--batch-sizes 1,4,16`` (a list of positive ints; anything else is a one-line usage error)."""
+    parser.add_argument("--batch-sizes", type=_batch_sizes, default=list(default), help="comma-separated, e.g. 8,16,64")
+
+
 def add_run_options(parser: argparse.ArgumentParser) -> None:
     """``--seed --threads``."""
     parser.add_argument("--seed", type=int, default=0)

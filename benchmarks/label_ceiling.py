@@ -30,7 +30,7 @@ from gradleak.metrics.labels import label_accuracy
 from gradleak.models import build_model, last_linear
 from gradleak.threat import Observation, ThreatModel, UpdateConfig, simulate_client
 
-from _label_cli import add_run_options, add_victim_options, load_splits, parse
+from _label_cli import add_batch_sizes_option, add_run_options, add_victim_options, load_splits, parse
 
 _SIMULATION_SEED = 20_251_125  # not the seed of the dummies ilrg-dummy itself draws
 
@@ -41,10 +41,16 @@ def observe(model, x, y, data, batch_size: int) -> Observation:
                                  batch_size=batch_size)
 
 
+def lower_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """Every parameter except the last linear layer's (the update's names are the parameters')."""
+    last = set(last_linear(model))
+    return {name: p for name, p in model.named_parameters() if name not in last}
+
+
 def lower_gradient(obs: Observation) -> torch.Tensor:
-    """Every observed gradient entry except the last linear layer's, as one float64 vector."""
-    last = set(last_linear(obs.model))
-    return torch.cat([g.detach().double().flatten() for name, g in obs.named_gradient().items() if name not in last])
+    """The observed gradient of :func:`lower_parameters`, as one float64 vector."""
+    grads = obs.named_gradient()
+    return torch.cat([grads[name].detach().double().flatten() for name in lower_parameters(obs.model)])
 
 
 def features(obs: Observation, projection: torch.Tensor | None) -> torch.Tensor:
@@ -71,6 +77,11 @@ class Ridge:
         return ((x - self.mean) / self.scale) @ self.coef + self.intercept
 
 
+def error_ratio(default_accuracy: float, ridge_accuracy: float) -> float:
+    """The default's error rate over the ridge's: above 1 where the ridge does better."""
+    return (1 - default_accuracy) / max(1 - ridge_accuracy, 1e-12)
+
+
 def accuracy(counts: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
     return label_accuracy(labels_from_counts(counts), labels, num_classes)
 
@@ -78,7 +89,7 @@ def accuracy(counts: torch.Tensor, labels: torch.Tensor, num_classes: int) -> fl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_victim_options(parser, model="lenet")
-    parser.add_argument("--batch-sizes", default="16,32,64")
+    add_batch_sizes_option(parser, (16, 32, 64))
     parser.add_argument("--inits", type=int, default=1, help="model seeds seed, seed + 1, …")
     parser.add_argument("--train-batches", type=int, default=5000, help="simulated batches the regression is fit on")
     parser.add_argument("--test-batches", type=int, default=100, help="held-out simulated batches, and real batches")
@@ -87,24 +98,22 @@ def main(argv: list[str] | None = None) -> int:
     add_run_options(parser)
     args = parse(parser, argv)
     (data,) = load_splits(args, "test")
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
     num_classes = data.num_classes
 
     print(f"{args.model}, {args.train_batches} simulated batches to fit, {args.test_batches} to test "
           f"(simulated and real), lower layers: {args.lower_layers or 'no'}")
     print(f"{'init':>4} {'B':>4} | {'simulated: ridge':>16} {DEFAULT_METHOD:>10} | {'images: ridge':>13} {DEFAULT_METHOD:>10} | "
           f"{'error ratio':>11} {'seconds':>7}")
-    real_errors = {"ridge": [], DEFAULT_METHOD: []}
+    image_accuracies = {"ridge": [], DEFAULT_METHOD: []}
     for init in range(args.seed, args.seed + args.inits):
         model = build_model(args.model, data.input_shape, num_classes, width=args.width, seed=init)
         model.train()
         projection = None
         if args.lower_layers:
-            x, y, _ = data.sample_batch(2, torch.Generator().manual_seed(init))
-            size = lower_gradient(observe(model, x, y, data, 2)).numel()
+            size = sum(p.numel() for p in lower_parameters(model).values())
             projection = torch.randn(size, args.lower_layers, generator=torch.Generator().manual_seed(init), dtype=torch.float64)
             projection /= args.lower_layers**0.5
-        for b in sizes:
+        for b in args.batch_sizes:
             started = time.perf_counter()
             gen = torch.Generator().manual_seed(_SIMULATION_SEED + 1000 * init + b)
 
@@ -127,16 +136,16 @@ def main(argv: list[str] | None = None) -> int:
                     default = recover_labels(obs, DEFAULT_METHOD).counts
                     scores.setdefault((world, "ridge"), []).append(accuracy(learned, y, num_classes))
                     scores.setdefault((world, DEFAULT_METHOD), []).append(accuracy(default, y, num_classes))
-            for name in real_errors:
-                real_errors[name].extend(scores[("images", name)])
+            for name in image_accuracies:
+                image_accuracies[name].extend(scores[("images", name)])
             mean = {key: float(np.mean(v)) for key, v in scores.items()}
-            ratio = (1 - mean[("images", DEFAULT_METHOD)]) / max(1 - mean[("images", "ridge")], 1e-12)
+            ratio = error_ratio(mean[("images", DEFAULT_METHOD)], mean[("images", "ridge")])
             print(f"{init:>4} {b:>4} | {mean[('simulated', 'ridge')]:>16.4f} {mean[('simulated', DEFAULT_METHOD)]:>10.4f} | "
                   f"{mean[('images', 'ridge')]:>13.4f} {mean[('images', DEFAULT_METHOD)]:>10.4f} | {ratio:>11.2f} "
                   f"{time.perf_counter() - started:>7.0f}", flush=True)
-    overall = {name: float(np.mean(v)) for name, v in real_errors.items()}
+    overall = {name: float(np.mean(v)) for name, v in image_accuracies.items()}
     print(f"images, all rows: ridge {overall['ridge']:.4f}, {DEFAULT_METHOD} {overall[DEFAULT_METHOD]:.4f}; "
-          f"error ratio {DEFAULT_METHOD} / ridge = {(1 - overall[DEFAULT_METHOD]) / max(1 - overall['ridge'], 1e-12):.2f}")
+          f"error ratio {DEFAULT_METHOD} / ridge = {error_ratio(overall[DEFAULT_METHOD], overall['ridge']):.2f}")
     return 0
 
 

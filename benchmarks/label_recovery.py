@@ -25,7 +25,7 @@ from gradleak.models import build_model
 from gradleak.models.train import train_victim
 from gradleak.threat import ThreatModel, UpdateConfig, simulate_client
 
-from _label_cli import add_run_options, add_victim_options, load_splits, parse
+from _label_cli import add_batch_sizes_option, add_run_options, add_victim_options, load_splits, parse
 
 BATCH_SIZES = (1, 4, 8, 16, 32, 64, 128)
 
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_victim_options(parser, model="convnet")
     parser.add_argument("--trials", type=int, default=5)
-    parser.add_argument("--batch-sizes", default=",".join(map(str, BATCH_SIZES)))
+    add_batch_sizes_option(parser, BATCH_SIZES)
     parser.add_argument("--methods", default=",".join(LABEL_STRATEGIES.names()))
     parser.add_argument("--trained-steps", type=int, default=0, help="SGD steps on the train split before attacking")
     parser.add_argument("--local-steps", type=int, default=0, help="FedAvg with this many local steps (0: FedSGD)")
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         aux = AuxData(images=train.images[torch.randperm(len(train), generator=torch.Generator().manual_seed(7))[: args.aux]])
     config = UpdateConfig() if args.local_steps == 0 else UpdateConfig("fedavg", args.local_steps, args.local_lr)
     methods = args.methods.split(",")
-    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    batch_sizes = args.batch_sizes
 
     update_kind = "FedSGD" if args.local_steps == 0 else f"FedAvg K={args.local_steps} lr={args.local_lr}"
     print(

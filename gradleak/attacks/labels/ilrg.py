@@ -283,14 +283,12 @@ def _refine(layer: LastLayer, batch_size: int, dummy_features: torch.Tensor, fix
         start = batch_size * torch.softmax(dummy_logits + bias, dim=1).mean(dim=0) - g
     counts = start.clamp(min=0).maximum(lower).clamp(max=float(batch_size))
     covariance_pull = torch.zeros_like(pulls)
-    batch_mean = dummy_mean
+    batch_mean = dummy_mean if fixed_batch_mean is None else fixed_batch_mean
     for _ in range(_MAX_ITERATIONS):
         floored = counts.clamp(min=_COUNT_FLOOR)
         mean_pulls = pulls - covariance_pull  # ≈ P_c ẑ − k_c (u_c − b)
         precision = float((g**2 / floored).sum())
-        if fixed_batch_mean is not None:
-            batch_mean = fixed_batch_mean
-        elif precision > 0:
+        if fixed_batch_mean is None and precision > 0:
             regression = ((g / floored)[:, None] * mean_pulls).sum(dim=0) / precision
             blend = precision / (precision + batch_size)
             batch_mean = blend * regression + (1 - blend) * dummy_mean
