@@ -9,12 +9,15 @@ import torch
 
 from gradleak.data import load_dataset
 from gradleak.errors import GradleakError
+from gradleak.models import INITS
 
 
 def add_victim_options(parser: argparse.ArgumentParser, model: str) -> None:
-    """``--model --width --dataset --data-dir``."""
+    """``--model --width --init --dataset --data-dir``."""
     parser.add_argument("--model", default=model, choices=["lenet", "convnet", "resnet18"])
     parser.add_argument("--width", type=int, default=None, help="model width (default: the model's own)")
+    parser.add_argument("--init", default=None, choices=INITS.names(),
+                        help="victim initialisation (default: the model's own: dlg for lenet, he otherwise)")
     parser.add_argument("--dataset", default="cifar10", choices=["digits", "cifar10"])
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 folder (cifar-10-batches-py or its parent)")
 

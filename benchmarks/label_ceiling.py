@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'error ratio':>11} {'seconds':>7}")
     image_accuracies = {"ridge": [], DEFAULT_METHOD: []}
     for init in range(args.seed, args.seed + args.inits):
-        model = build_model(args.model, data.input_shape, num_classes, width=args.width, seed=init)
+        model = build_model(args.model, data.input_shape, num_classes, width=args.width, seed=init, init=args.init)
         model.train()
         projection = None
         if args.lower_layers:

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     test, *rest = load_splits(args, "test", *(["train"] if (args.trained_steps or args.aux) else []))
     train = rest[0] if rest else None
     num_classes = test.num_classes
-    model = build_model(args.model, test.input_shape, num_classes, width=args.width, seed=args.seed)
+    model = build_model(args.model, test.input_shape, num_classes, width=args.width, seed=args.seed, init=args.init)
     if args.trained_steps:
         # SGD on the train split, batch 64, lr 0.01 (the project's trainer)
         train_victim(model, train.images, train.labels, args.trained_steps, train.mean, train.std, seed=args.seed)

@@ -30,6 +30,7 @@ class AttackConfig:
     split: str = "test"
     model: str = "lenet"
     width: int | None = None
+    init: str | None = None  # victim initialisation (models.INITS); None: the architecture's usual one
     trained_steps: int = 0
     batch_size: int = 4
     # client update
@@ -132,7 +133,7 @@ def prepare_client(cfg: AttackConfig, progress: bool = False):
     from .models.train import train_victim
 
     data = load_dataset(cfg.dataset, cfg.split, cfg.data_dir)
-    model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.width, seed=cfg.seed)
+    model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.width, seed=cfg.seed, init=cfg.init)
     if cfg.trained_steps:
         public = load_dataset(cfg.dataset, "train", cfg.data_dir)
         train_victim(model, public.images, public.labels, cfg.trained_steps, data.mean, data.std,

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..attacks.labels.sweep import BATCH_SIZES, LabelSweepConfig, run_and_write_label_sweep, summarise
+from ..models import INITS
 from . import cli
 
 
@@ -16,6 +17,8 @@ from . import cli
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--model", type=click.Choice(["lenet", "convnet", "resnet18"]), default="convnet", show_default=True)
 @click.option("--width", type=int, default=None)
+@click.option("--init", type=click.Choice(INITS.names()), default=None,
+              help="Victim initialisation (default: the architecture's: dlg for lenet, he otherwise).")
 @click.option("--batch-sizes", type=int, default=None,
               help="Batch sizes, space separated: --batch-sizes 1 2 4 8 (default: 1 2 4 8 16 32 64 128).")
 @click.option("--trials", type=int, default=10, show_default=True)

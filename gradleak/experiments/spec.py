@@ -107,6 +107,10 @@ def _registries() -> dict[str, Callable[[], Any]]:
         from ..models import MODELS
         return MODELS
 
+    def inits():
+        from ..models import INITS
+        return INITS
+
     def attacks():
         from ..attacks.inversion import PRESETS
         return PRESETS
@@ -115,7 +119,7 @@ def _registries() -> dict[str, Callable[[], Any]]:
         from ..attacks.labels import LABEL_STRATEGIES
         return LABEL_STRATEGIES
 
-    return {"dataset": datasets, "model": models, "attack": attacks, "labels": label_strategies}
+    return {"dataset": datasets, "model": models, "init": inits, "attack": attacks, "labels": label_strategies}
 
 
 # Values that are not registry names but are valid for the field anyway.

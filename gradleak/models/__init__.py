@@ -1,4 +1,5 @@
-"""Victim architectures by name, seeded; any ``nn.Module`` also works through the Python API."""
+"""Victim architectures and their initialisations by name, seeded; any ``nn.Module`` also works
+through the Python API."""
 
 from __future__ import annotations
 
@@ -32,12 +33,35 @@ def he_init(model: nn.Module) -> nn.Module:
     return model
 
 
+def dlg_init(model: nn.Module) -> nn.Module:
+    """DLG's initialisation (Zhu et al., NeurIPS 2019; breaching's ``LeNetZhu``): every parameter
+    uniform in [−0.5, 0.5]. Far larger than PyTorch's for a 768-input layer (±0.036), so an
+    untrained LeNet is confident: it predicts one or two classes for nearly every image."""
+    for p in model.parameters():
+        nn.init.uniform_(p, -0.5, 0.5)
+    return model
+
+
+def pytorch_init(model: nn.Module) -> nn.Module:
+    """PyTorch's own layer initialisation (Kaiming-uniform with a = √5), as a framework user's
+    model starts; an untrained LeNet then predicts nearly uniformly."""
+    return model
+
+
+INITS: Registry[Callable[[nn.Module], nn.Module]] = Registry("initialisation")
+INITS.add("dlg", dlg_init)
+INITS.add("he", he_init)
+INITS.add("pytorch", pytorch_init)
+
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 MODELS.add("lenet", LeNet)
 MODELS.add("convnet", ConvNet)
 MODELS.add("resnet18", ResNet18)
 
 DEFAULT_WIDTH = {"lenet": 12, "convnet": 64, "resnet18": 64}
+# Each architecture's initialisation in the attack literature (DLG for LeNet; He, as torchvision's
+# ResNets, for the ReLU networks); ``init="pytorch"`` gives the framework's default instead.
+DEFAULT_INIT = {"lenet": "dlg", "convnet": "he", "resnet18": "he"}
 
 
 def build_model(
@@ -46,19 +70,19 @@ def build_model(
     num_classes: int,
     width: int | None = None,
     seed: int = 0,
+    init: str | None = None,
 ) -> nn.Module:
-    """Build ``name`` for inputs of ``input_shape`` (C, H, W), initialised from ``seed``."""
+    """Build ``name`` for inputs of ``input_shape`` (C, H, W), initialised from ``seed`` by ``init``
+    (an :data:`INITS` name; None: the architecture's :data:`DEFAULT_INIT`)."""
     factory = MODELS.get(name)
+    initialise = INITS.get(init or DEFAULT_INIT[name])
     if width is not None and not is_int_at_least(width, 1):
         raise ConfigError(f"model width must be a positive integer, got {width!r}")
     c, h, _ = input_shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = factory(in_channels=c, num_classes=num_classes, image_size=h, width=width or DEFAULT_WIDTH[name])
-        if isinstance(model, LeNet):
-            model.reset_parameters_dlg()
-        elif isinstance(model, (ConvNet, ResNet18)):
-            he_init(model)
+        model = initialise(factory(in_channels=c, num_classes=num_classes, image_size=h,
+                                   width=width or DEFAULT_WIDTH[name]))
     return model
 
 
@@ -75,4 +99,4 @@ def last_linear(model: nn.Module) -> tuple[str, str | None]:
     return prefix + "weight", (prefix + "bias" if mod.bias is not None else None)
 
 
-__all__ = ["MODELS", "ConvNet", "LeNet", "ResNet18", "build_model", "last_linear"]
+__all__ = ["DEFAULT_INIT", "INITS", "MODELS", "ConvNet", "LeNet", "ResNet18", "build_model", "last_linear"]

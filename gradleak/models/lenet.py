@@ -6,7 +6,8 @@ from torch import nn
 
 
 class LeNet(nn.Module):
-    """Three 5×5 sigmoid convolutions (strides 2, 2, 1) and one linear layer, as in DLG."""
+    """Three 5×5 sigmoid convolutions (strides 2, 2, 1) and one linear layer, as in DLG
+    (:func:`~gradleak.models.build_model` gives it DLG's initialisation by default)."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, image_size: int = 32, width: int = 12):
         super().__init__()
@@ -23,8 +24,3 @@ class LeNet(nn.Module):
 
     def forward(self, x):
         return self.fc(self.body(x).flatten(1))
-
-    def reset_parameters_dlg(self) -> None:
-        """DLG's initialisation: every weight and bias uniform in [−0.5, 0.5]."""
-        for p in self.parameters():
-            nn.init.uniform_(p, -0.5, 0.5)

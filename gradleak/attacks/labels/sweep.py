@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -26,6 +27,7 @@ class LabelSweepConfig:
     split: str = "test"
     model: str = "convnet"
     width: int | None = None
+    init: str | None = None  # victim initialisation (models.INITS); None: the architecture's usual one
     trained_steps: int = 0
     client_mode: str = "train"
     update: str = "fedsgd"
@@ -78,7 +80,7 @@ def iter_label_sweep(cfg: LabelSweepConfig, progress: bool = True) -> Iterator[l
     aux = label_aux_data(cfg.label_aux, public)
     models = []  # models[i] has seed cfg.seed + i; no more than the trials can reach
     for seed in range(cfg.seed, cfg.seed + min(cfg.inits, cfg.trials)):
-        model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.width, seed=seed)
+        model = build_model(cfg.model, data.input_shape, data.num_classes, cfg.width, seed=seed, init=cfg.init)
         if cfg.trained_steps:
             train_victim(model, public.images, public.labels, cfg.trained_steps, data.mean, data.std, seed=seed)
         set_client_mode(model, cfg.client_mode)
@@ -159,6 +161,7 @@ def _save_plot(rows: list[dict], out: Path) -> None:
 def run_and_write_label_sweep(cfg: LabelSweepConfig, out: Path, progress: bool = True) -> list[dict]:
     """:func:`run_label_sweep`, appending each batch's rows to ``out/labels.csv`` as they are measured.
 
+    ``out/config.json`` records the settings (victim, initialisation, data) the rows were measured with.
     Nothing is written until the sweep has validated its settings and set up its data and model. A
     sweep that then stops (an error, Ctrl-C) writes the plot of what it measured and re-raises with a
     note saying where; one that is killed still leaves every finished batch in the CSV.
@@ -168,6 +171,7 @@ def run_and_write_label_sweep(cfg: LabelSweepConfig, out: Path, progress: bool =
     rows: list[dict] = []
     try:
         out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
         with (out / "labels.csv").open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=LABEL_COLUMNS)
             writer.writeheader()
