@@ -12,12 +12,15 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .errors import ConfigError, UpdateError
 from .threat import ClientUpdate, Observation, ThreatModel, UpdateConfig, simulate_client
+
+if TYPE_CHECKING:  # the inversion package pulls in the attacks; import it only for type checkers
+    from .attacks.inversion.invert import Reconstruction
 
 
 @dataclass
@@ -150,7 +153,7 @@ class AttackOutcome:
 
     labels: torch.Tensor
     label_method: str
-    reconstruction: "Reconstruction"  # noqa: F821
+    reconstruction: Reconstruction
     seconds: float
     guidance: Any = None  # gradleak.attacks.inversion.search.GuidanceOutcome when guided
 

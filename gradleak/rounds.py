@@ -9,14 +9,12 @@ class name, solves the index → name map from (recovered index, labeller distri
 
 from __future__ import annotations
 
-import copy
 import csv
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
 
 from .errors import ConfigError

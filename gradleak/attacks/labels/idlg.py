@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
-
 from ...errors import ConfigError
 from ...threat import Observation
 from .base import LABEL_STRATEGIES, AuxData, LabelEstimate, read_last_layer, select_smallest
