@@ -9,7 +9,7 @@ import torch
 
 from gradleak.data import load_dataset
 from gradleak.errors import GradleakError
-from gradleak.models import INITS
+from gradleak.models import DEFAULT_INIT, INITS
 
 
 def add_victim_options(parser: argparse.ArgumentParser, model: str) -> None:
@@ -20,6 +20,11 @@ def add_victim_options(parser: argparse.ArgumentParser, model: str) -> None:
                         help="victim initialisation (default: the model's own: dlg for lenet, he otherwise)")
     parser.add_argument("--dataset", default="cifar10", choices=["digits", "cifar10"])
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 folder (cifar-10-batches-py or its parent)")
+
+
+def victim_name(args: argparse.Namespace) -> str:
+    """``lenet (dlg init)``: the model and the initialisation the rows were measured on."""
+    return f"{args.model} ({args.init or DEFAULT_INIT[args.model]} init)"
 
 
 def _batch_sizes(text: str) -> list[int]:

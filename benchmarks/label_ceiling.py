@@ -10,7 +10,7 @@ real images (labels as they come), the regression's rounded counts against the d
 The simulated world is where the regression is at its best: its batches are drawn exactly as it was
 trained, and ``ilrg-dummy``'s spread model is exact there too. Where the regression stays below a
 target even there, no linear estimate from the same numbers reaches it on images. Prints one row per
-(init, B) and the ratio of the default's error rate to the regression's on the images.
+(model seed, B) and the ratio of the default's error rate to the regression's on the images.
 
     python benchmarks/label_ceiling.py --model lenet --data-dir ../shared/data/cifar-10-batches-py \\
         --batch-sizes 16,32,64 --inits 5
@@ -30,7 +30,7 @@ from gradleak.metrics.labels import label_accuracy
 from gradleak.models import build_model, last_linear
 from gradleak.threat import Observation, ThreatModel, UpdateConfig, simulate_client
 
-from _label_cli import add_batch_sizes_option, add_run_options, add_victim_options, load_splits, parse
+from _label_cli import add_batch_sizes_option, add_run_options, add_victim_options, load_splits, parse, victim_name
 
 _SIMULATION_SEED = 20_251_125  # not the seed of the dummies ilrg-dummy itself draws
 
@@ -100,22 +100,22 @@ def main(argv: list[str] | None = None) -> int:
     (data,) = load_splits(args, "test")
     num_classes = data.num_classes
 
-    print(f"{args.model}, {args.train_batches} simulated batches to fit, {args.test_batches} to test "
+    print(f"{victim_name(args)}, {args.train_batches} simulated batches to fit, {args.test_batches} to test "
           f"(simulated and real), lower layers: {args.lower_layers or 'no'}")
-    print(f"{'init':>4} {'B':>4} | {'simulated: ridge':>16} {DEFAULT_METHOD:>10} | {'images: ridge':>13} {DEFAULT_METHOD:>10} | "
+    print(f"{'seed':>4} {'B':>4} | {'simulated: ridge':>16} {DEFAULT_METHOD:>10} | {'images: ridge':>13} {DEFAULT_METHOD:>10} | "
           f"{'error ratio':>11} {'seconds':>7}")
     image_accuracies = {"ridge": [], DEFAULT_METHOD: []}
-    for init in range(args.seed, args.seed + args.inits):
-        model = build_model(args.model, data.input_shape, num_classes, width=args.width, seed=init, init=args.init)
+    for model_seed in range(args.seed, args.seed + args.inits):
+        model = build_model(args.model, data.input_shape, num_classes, width=args.width, seed=model_seed, init=args.init)
         model.train()
         projection = None
         if args.lower_layers:
             size = sum(p.numel() for p in lower_parameters(model).values())
-            projection = torch.randn(size, args.lower_layers, generator=torch.Generator().manual_seed(init), dtype=torch.float64)
+            projection = torch.randn(size, args.lower_layers, generator=torch.Generator().manual_seed(model_seed), dtype=torch.float64)
             projection /= args.lower_layers**0.5
         for b in args.batch_sizes:
             started = time.perf_counter()
-            gen = torch.Generator().manual_seed(_SIMULATION_SEED + 1000 * init + b)
+            gen = torch.Generator().manual_seed(_SIMULATION_SEED + 1000 * model_seed + b)
 
             def simulated(count: int):
                 for _ in range(count):
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 image_accuracies[name].extend(scores[("images", name)])
             mean = {key: float(np.mean(v)) for key, v in scores.items()}
             ratio = error_ratio(mean[("images", DEFAULT_METHOD)], mean[("images", "ridge")])
-            print(f"{init:>4} {b:>4} | {mean[('simulated', 'ridge')]:>16.4f} {mean[('simulated', DEFAULT_METHOD)]:>10.4f} | "
+            print(f"{model_seed:>4} {b:>4} | {mean[('simulated', 'ridge')]:>16.4f} {mean[('simulated', DEFAULT_METHOD)]:>10.4f} | "
                   f"{mean[('images', 'ridge')]:>13.4f} {mean[('images', DEFAULT_METHOD)]:>10.4f} | {ratio:>11.2f} "
                   f"{time.perf_counter() - started:>7.0f}", flush=True)
     overall = {name: float(np.mean(v)) for name, v in image_accuracies.items()}

@@ -25,7 +25,7 @@ from gradleak.models import build_model
 from gradleak.models.train import train_victim
 from gradleak.threat import ThreatModel, UpdateConfig, simulate_client
 
-from _label_cli import add_batch_sizes_option, add_run_options, add_victim_options, load_splits, parse
+from _label_cli import add_batch_sizes_option, add_run_options, add_victim_options, load_splits, parse, victim_name
 
 BATCH_SIZES = (1, 4, 8, 16, 32, 64, 128)
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     update_kind = "FedSGD" if args.local_steps == 0 else f"FedAvg K={args.local_steps} lr={args.local_lr}"
     print(
-        f"# {args.model} on {args.dataset} test, {'untrained' if not args.trained_steps else f'trained {args.trained_steps} steps'}, "
+        f"# {victim_name(args)} on {args.dataset} test, {'untrained' if not args.trained_steps else f'trained {args.trained_steps} steps'}, "
         f"{update_kind}, {args.trials} trials, default method {DEFAULT_METHOD!r}"
         + (f", llg+ given {args.aux} public train images" if args.aux else ", llg+ without public images (= llg*)")
     )

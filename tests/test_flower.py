@@ -284,6 +284,16 @@ def test_eavesdropper_scores_against_ground_truth_and_writes_the_store(tmp_path)
         assert len(store.images("flower/t/round001/node5")) == 3
 
 
+def test_demo_hands_the_initialisation_to_the_server_app():
+    from gradleak.errors import ConfigError
+    from gradleak.integrations.flower_demo import FlowerDemoConfig, demo_run_config
+
+    assert demo_run_config(FlowerDemoConfig(), 0.0)["init"] == ""  # the app's default: the model's own
+    assert demo_run_config(FlowerDemoConfig(init="pytorch"), 0.0)["init"] == "pytorch"
+    with pytest.raises(ConfigError, match="unknown initialisation 'xavier'"):
+        FlowerDemoConfig(init="xavier").validate()
+
+
 def test_missing_flwr_is_one_line_error(monkeypatch, capsys):
     import gradleak.integrations.flower as flower
     from gradleak.cli import main
@@ -327,20 +337,22 @@ def test_real_flower_federation_leaks_fedsgd_gradient_and_labels(tmp_path):
             "num-server-rounds": 1, "min-nodes": 2, "batch-size": batch, "lr": lr, "local-steps": 1,
             "iterations": 2, "attack-isolation": "thread", "attack-timeout": 120.0, "drain-timeout": 120.0,
             "out-dir": str(out), "truth-dir": str(truth), "store": str(out / "results.sqlite"),
-            "save-captures": True,
+            "save-captures": True, "init": "pytorch",
         }, timeout_s=240)
         assert outcome.ok, (outcome.status, outcome.log.read_text()[-3000:])
     finally:
         fed.close()
     assert fed.processes() == [] and marked_processes(fed.session) == []
 
-    model = build_model("lenet", (1, 8, 8), 10)
+    model = build_model("lenet", (1, 8, 8), 10, init="pytorch")  # the server's initial global model
+    initial = {k: v.numpy() for k, v in model.state_dict().items()}
     batches = [client_batch("digits", p, 2, 1, batch) for p in range(2)]  # what each partition trained on
     captures = sorted((out / "captures").glob("*.npz"))
     assert len(captures) == 2
     for path in captures:
         cap = CapturedUpdate.load(path)
         assert cap.node_id in fed.node_ids
+        assert all(np.array_equal(cap.global_weights[k], initial[k]) for k in initial)
         x, y = batches[fed.node_ids[cap.node_id]]
         with np.load(truth_path(truth, 1, cap.node_id)) as written:  # the client's own record agrees
             np.testing.assert_array_equal(written["labels"], y.numpy())

@@ -34,6 +34,7 @@ class FlowerDemoConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     model: str = "lenet"
+    init: str | None = None  # the server's initial global model (models.INITS); None: the model's usual one
     attack: str = "ig"
     iterations: int = 300
     lr: float = 0.1
@@ -53,6 +54,10 @@ class FlowerDemoConfig:
             raise ConfigError("local steps must be at least 1 and lr positive")
         if not self.timeout_s > 0:
             raise ConfigError("timeout must be positive")
+        if self.init is not None:
+            from ..models import INITS
+
+            INITS.get(self.init)
 
 
 @dataclass
@@ -87,7 +92,7 @@ def demo_run_config(cfg: FlowerDemoConfig, deadline_unix: float) -> dict:
     return {
         "num-server-rounds": cfg.rounds, "min-nodes": cfg.clients, "dataset": cfg.dataset,
         "data-dir": str(Path(cfg.data_dir).resolve()) if cfg.data_dir else "", "model": cfg.model,
-        "batch-size": cfg.batch_size, "lr": cfg.lr, "local-steps": cfg.local_steps, "seed": cfg.seed,
+        "init": cfg.init or "", "batch-size": cfg.batch_size, "lr": cfg.lr, "local-steps": cfg.local_steps, "seed": cfg.seed,
         "attack": cfg.attack, "iterations": cfg.iterations,
         "attack-timeout": float(cfg.attack_timeout_s or cfg.timeout_s),
         "attack-isolation": cfg.isolation, "max-pending": cfg.rounds * cfg.clients,

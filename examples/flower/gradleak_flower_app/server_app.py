@@ -43,7 +43,8 @@ def main(grid: Grid, context: Context) -> None:
                min_train_nodes=nodes, min_evaluate_nodes=nodes, min_available_nodes=nodes),
         spec, config, ground_truth=truth, sinks=store_sinks(str(rc.get("store") or ""), run_tag=str(context.run_id)),
     )
-    initial = build_model(spec.model, spec.input_shape, spec.num_classes, spec.width, seed=int(rc["seed"]))
+    initial = build_model(spec.model, spec.input_shape, spec.num_classes, spec.width, seed=int(rc["seed"]),
+                          init=str(rc.get("init") or "") or None)
     try:
         strategy.start(
             grid=grid,
