@@ -6,10 +6,9 @@ from dataclasses import fields
 
 import click
 
-from ..models import INITS
 from ..pipeline import AttackConfig, run_attack
 from . import cli
-from .common import explicit_options, load_yaml
+from .common import explicit_options, init_option, load_yaml
 
 _D = AttackConfig()
 
@@ -24,8 +23,7 @@ def attack_options(f):
         click.option("--split", type=click.Choice(["train", "test"]), default=_D.split, show_default=True),
         click.option("--model", type=click.Choice(["lenet", "convnet", "resnet18"]), default=_D.model, show_default=True),
         click.option("--width", type=int, default=None, help="Model width (default: the architecture's)."),
-        click.option("--init", type=click.Choice(INITS.names()), default=None,
-                     help="Victim initialisation (default: the architecture's: dlg for lenet, he otherwise)."),
+        init_option,
         click.option("--trained-steps", type=int, default=0, show_default=True,
                      help="Train the victim this many SGD steps on the public train split first."),
         click.option("--batch-size", "-b", type=int, default=_D.batch_size, show_default=True),

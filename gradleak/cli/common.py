@@ -8,6 +8,14 @@ from typing import Any
 import click
 
 from ..config_files import read_yaml_mapping
+from ..models import DEFAULT_INIT, INITS
+
+
+def init_option(f):
+    """``--init``: the victim's initialisation by name (None: the architecture's own)."""
+    usual = ", ".join(f"{init} for {model}" for model, init in DEFAULT_INIT.items())
+    return click.option("--init", type=click.Choice(INITS.names()), default=None,
+                        help=f"Victim initialisation (default: the architecture's own: {usual}).")(f)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from ..errors import GradleakError
-from ..models import INITS
 from . import cli
+from .common import init_option
 
 
 @cli.command("flower-demo")
@@ -18,8 +18,7 @@ from . import cli
 @click.option("--dataset", type=click.Choice(["digits", "cifar10"]), default="digits", show_default=True)
 @click.option("--data-dir", type=click.Path(), default=None, help="Folder with cifar-10-batches-py (or its parent).")
 @click.option("--model", type=click.Choice(["lenet", "convnet", "resnet18"]), default="lenet", show_default=True)
-@click.option("--init", type=click.Choice(INITS.names()), default=None,
-              help="Initialisation of the global model (default: the model's own: dlg for lenet, he otherwise).")
+@init_option
 @click.option("--attack", type=click.Choice(["ig", "dlg"]), default="ig", show_default=True)
 @click.option("--iterations", type=int, default=300, show_default=True, help="Inversion steps per attack.")
 @click.option("--lr", type=float, default=0.1, show_default=True, help="Clients' local SGD step size (sent by the server).")

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from ..attacks.labels.sweep import BATCH_SIZES, LabelSweepConfig, run_and_write_label_sweep, summarise
-from ..models import INITS
 from . import cli
+from .common import init_option
 
 
 @cli.command()
@@ -17,8 +17,7 @@ from . import cli
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
 @click.option("--model", type=click.Choice(["lenet", "convnet", "resnet18"]), default="convnet", show_default=True)
 @click.option("--width", type=int, default=None)
-@click.option("--init", type=click.Choice(INITS.names()), default=None,
-              help="Victim initialisation (default: the architecture's: dlg for lenet, he otherwise).")
+@init_option
 @click.option("--batch-sizes", type=int, default=None,
               help="Batch sizes, space separated: --batch-sizes 1 2 4 8 (default: 1 2 4 8 16 32 64 128).")
 @click.option("--trials", type=int, default=10, show_default=True)
@@ -32,7 +31,7 @@ from . import cli
               help="public: llg+ and ilrg-dummy may use the other split's images instead of dummy inputs.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--inits", type=int, default=1, show_default=True,
-              help="Model initialisations (seeds --seed, --seed + 1, …); the trials take turns over them.")
+              help="How many model seeds (--seed, --seed + 1, …) to initialise; the trials take turns over them.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default="runs/labels", show_default=True)
 @click.option("--quiet", "-q", is_flag=True)
 @click.argument("extra_batch_sizes", nargs=-1, type=int)
