@@ -69,6 +69,8 @@ def test_labels_command_writes_csv_and_plot(tmp_path, capsys):
           "--methods", "ilrg,llg", "-q", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "ilrg" in out and "random" in out
+    assert out.startswith("lenet (dlg init, untrained, train mode) on digits test, fedsgd, 2 trials per batch size, "
+                          "seed 0\n")
     assert re.search(r"^   4 +0\.\d{3} +1\.000±0\.000/1\.00 ", out, re.M)  # ilrg is exact on digits at B = 4
     with (tmp_path / "labels.csv").open() as fh:
         rows = list(csv.DictReader(fh))
