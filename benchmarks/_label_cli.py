@@ -9,7 +9,7 @@ import torch
 
 from gradleak.data import load_dataset
 from gradleak.errors import GradleakError
-from gradleak.models import DEFAULT_INIT, INITS
+from gradleak.models import INITS, init_name
 
 
 def add_victim_options(parser: argparse.ArgumentParser, model: str) -> None:
@@ -24,7 +24,7 @@ def add_victim_options(parser: argparse.ArgumentParser, model: str) -> None:
 
 def victim_name(args: argparse.Namespace) -> str:
     """``lenet (dlg init)``: the model and the initialisation the rows were measured on."""
-    return f"{args.model} ({args.init or DEFAULT_INIT[args.model]} init)"
+    return f"{args.model} ({init_name(args.model, args.init)} init)"
 
 
 def _batch_sizes(text: str) -> list[int]:

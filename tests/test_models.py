@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from gradleak.attacks.labels.base import model_fingerprint
 from gradleak.cli import main
 from gradleak.errors import ConfigError
 from gradleak.experiments.spec import validate_config
@@ -16,24 +17,18 @@ from gradleak.pipeline import AttackConfig
 SHAPE = (3, 32, 32)
 
 
-def weights(model):
-    return {k: v.clone() for k, v in model.state_dict().items()}
-
-
-def same(a, b):
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 @pytest.mark.parametrize("name", MODELS.names())
 def test_default_init_is_the_architectures_and_every_init_is_seeded(name):
     width = 8 if name != "lenet" else None
-    default = weights(build_model(name, SHAPE, 10, width=width, seed=3))
-    assert same(default, weights(build_model(name, SHAPE, 10, width=width, seed=3, init=DEFAULT_INIT[name])))
+    def built(**kwargs):
+        return model_fingerprint(build_model(name, SHAPE, 10, width=width, **kwargs))
+
+    default = built(seed=3)
+    assert default == built(seed=3, init=DEFAULT_INIT[name])
     for init in INITS.names():
-        first = weights(build_model(name, SHAPE, 10, width=width, seed=3, init=init))
-        assert same(first, weights(build_model(name, SHAPE, 10, width=width, seed=3, init=init)))
-        assert not same(first, weights(build_model(name, SHAPE, 10, width=width, seed=4, init=init)))
-        assert same(first, default) == (init == DEFAULT_INIT[name])
+        first = built(seed=3, init=init)
+        assert first == built(seed=3, init=init) and first != built(seed=4, init=init)
+        assert (first == default) == (init == DEFAULT_INIT[name])
 
 
 def test_lenet_inits_have_their_published_ranges():

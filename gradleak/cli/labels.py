@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from ..attacks.labels.sweep import BATCH_SIZES, LabelSweepConfig, run_and_write_label_sweep, summarise
-from ..models import DEFAULT_INIT
+from ..models import init_name
 from . import cli
 from .common import init_option
 
@@ -46,9 +46,9 @@ def labels(batch_sizes, extra_batch_sizes, methods, out, quiet, **params) -> Non
     cell = {(s["method"], s["batch_size"]): s for s in summary}
     victim = "untrained" if not cfg.trained_steps else f"trained {cfg.trained_steps} steps"
     update = cfg.update if cfg.update == "fedsgd" else f"{cfg.update} K={cfg.local_steps} lr={cfg.local_lr}"
-    last = cfg.seed + min(cfg.inits, cfg.trials) - 1
-    seeds = f"seed {cfg.seed}" if last == cfg.seed else f"seeds {cfg.seed}–{last}"
-    click.echo(f"{cfg.model} ({cfg.init or DEFAULT_INIT[cfg.model]} init, {victim}, {cfg.client_mode} mode) on "
+    first, last = min(r["model_seed"] for r in rows), max(r["model_seed"] for r in rows)
+    seeds = f"seed {first}" if last == first else f"seeds {first}–{last}"
+    click.echo(f"{cfg.model} ({init_name(cfg.model, cfg.init)} init, {victim}, {cfg.client_mode} mode) on "
                f"{cfg.dataset} {cfg.split}, {update}, {cfg.trials} trials per batch size, {seeds}")
     click.echo("mean order-free accuracy ± its standard error over the trials / fraction exact "
                "('-': method does not apply)")

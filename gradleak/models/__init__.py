@@ -64,6 +64,11 @@ DEFAULT_WIDTH = {"lenet": 12, "convnet": 64, "resnet18": 64}
 DEFAULT_INIT = {"lenet": "dlg", "convnet": "he", "resnet18": "he"}
 
 
+def init_name(model: str, init: str | None) -> str:
+    """The initialisation ``build_model(model, …, init=init)`` applies: ``init``, or the architecture's."""
+    return init or DEFAULT_INIT[model]
+
+
 def build_model(
     name: str,
     input_shape: tuple[int, int, int],
@@ -75,7 +80,7 @@ def build_model(
     """Build ``name`` for inputs of ``input_shape`` (C, H, W), initialised from ``seed`` by ``init``
     (an :data:`INITS` name; None: the architecture's :data:`DEFAULT_INIT`)."""
     factory = MODELS.get(name)
-    initialise = INITS.get(init or DEFAULT_INIT[name])
+    initialise = INITS.get(init_name(name, init))
     if width is not None and not is_int_at_least(width, 1):
         raise ConfigError(f"model width must be a positive integer, got {width!r}")
     c, h, _ = input_shape
@@ -99,4 +104,4 @@ def last_linear(model: nn.Module) -> tuple[str, str | None]:
     return prefix + "weight", (prefix + "bias" if mod.bias is not None else None)
 
 
-__all__ = ["DEFAULT_INIT", "INITS", "MODELS", "ConvNet", "LeNet", "ResNet18", "build_model", "last_linear"]
+__all__ = ["DEFAULT_INIT", "INITS", "MODELS", "ConvNet", "LeNet", "ResNet18", "build_model", "init_name", "last_linear"]
