@@ -145,3 +145,17 @@ def test_labels_command_refuses_bad_numbers_with_one_line(tmp_path, capsys, args
     err = capsys.readouterr().err
     assert re.search(message, err) and "Traceback" not in err
     assert not (tmp_path / "labels.csv").exists()
+
+
+def test_the_default_meets_the_target_on_real_cifar10(cifar10_dir):
+    """#3's target on the real CIFAR-10 subset, in iLRG's setting (Ma et al. 2023: their LeNet5
+    keeps PyTorch's init in its linear layers, so an untrained model predicts nearly uniformly):
+    the default strategy recovers every batch exactly up to B = 128 (700 of 700 batches over seeds
+    0–4 in ``gradleak labels --init pytorch --trials 100 --inits 5``). Under DLG's ±0.5 init (the
+    LeNet default) it stays above the issue's 0.95 at B = 16 (0.969 on these ten batches, 0.978 over 100)."""
+    common = dict(dataset="cifar10", data_dir=str(cifar10_dir), model="lenet", methods=["ilrg-dummy"], inits=5)
+    plain = summarise(run_label_sweep(LabelSweepConfig(init="pytorch", batch_sizes=[16, 64, 128], trials=10, **common),
+                                      progress=False))
+    assert [row["exact"] for row in plain] == [1.0, 1.0, 1.0]
+    dlg = summarise(run_label_sweep(LabelSweepConfig(batch_sizes=[16], trials=10, **common), progress=False))[0]
+    assert dlg["accuracy"] >= 0.95

@@ -112,7 +112,9 @@ With PyTorch's own (``init="pytorch"``; the last layer's weights within ±0.036)
 predicts nearly uniformly, the paper's setting, and ``ilrg-dummy`` recovers all 100 batches per B
 exactly at B = 1 … 128 (CIFAR-10, seeds 0–4; ``gradleak labels --model lenet --init pytorch
 --inits 5 --trials 100``); so do ``llg+``, ``llg*`` and ``geng``, while ``ilrg`` misses 2 batches
-at B = 64 and 6 at B = 128.
+at B = 64 and 6 at B = 128. The paper's code sets its victim up the same way: the authors' LeNet5,
+used for their batch-size experiments, initialises only its convolutions and keeps PyTorch's init
+in its linear layers.
 """
 
 from __future__ import annotations
