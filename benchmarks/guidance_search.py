@@ -47,7 +47,7 @@ def _observation(model_name: str, seed: int = 0):
 
 def _guidance(seed: int = 0):
     from gradleak.attacks.inversion.guidance import Guidance, build_guide
-    from gradleak.semantic import SmallCNN
+    from gradleak.vision import SmallCNN
 
     torch.manual_seed(seed)
     aux = SmallCNN(3, 10, 32, width=16).eval()
@@ -158,7 +158,7 @@ def quality(dataset: str, data_dir: str | None, model_name: str, batch: int, tri
     from gradleak.data import load_dataset
     from gradleak.metrics import evaluate_images
     from gradleak.models import build_model
-    from gradleak.semantic import classifier_accuracy, train_aux_classifier
+    from gradleak.vision import classifier_accuracy, train_aux_classifier
     from gradleak.threat import ThreatModel, simulate_client
 
     test, public = load_dataset(dataset, "test", data_dir), load_dataset(dataset, "train", data_dir)

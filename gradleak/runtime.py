@@ -38,3 +38,26 @@ def tune_allocator() -> bool:
         return False
     _tuned = ok
     return ok
+
+
+# Below this many parameters an attack step is a few small kernels: a second thread only adds
+# synchronisation, and on a busy 2-core machine oversubscription made the default digits attack
+# 100× slower (304 ms per iteration instead of 2.7 ms).
+SMALL_MODEL_PARAMETERS = 1_000_000
+_TORCH_DEFAULT_THREADS = None
+
+
+def set_threads(threads: int | None, model=None) -> int:
+    """Set torch's intra-op threads: ``threads`` when given, else 1 for a model under
+    SMALL_MODEL_PARAMETERS and torch's own default otherwise. Returns the count in force."""
+    import torch
+
+    global _TORCH_DEFAULT_THREADS
+    if _TORCH_DEFAULT_THREADS is None:
+        _TORCH_DEFAULT_THREADS = torch.get_num_threads()
+    if threads is None:
+        small = model is not None and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
+        threads = 1 if small else _TORCH_DEFAULT_THREADS
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    return threads

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -12,15 +11,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from .io import atomic_save  # noqa: E402
+
 
 def _save(fig, path: Path) -> Path:
     """Write a figure atomically, so an interrupted run never leaves a truncated PNG behind."""
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        fig.tight_layout()
+        return atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    finally:
+        plt.close(fig)  # also on failure: a long sweep must not pile up open figures
 
 
 def _to_hwc(img: torch.Tensor):
@@ -90,7 +90,7 @@ def save_rounds_plot(path: str | Path, rows: Sequence[dict]) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for key, label, style in [
         ("semantic_accuracy", "semantic, this round", "o-"),
-        ("aggregated_semantic_accuracy", "semantic, aggregated over rounds", "s-"),
+        ("semantic_accuracy_aggregated", "semantic, aggregated over rounds", "s-"),
         ("label_map_accuracy", "label map (index → name)", "^-"),
         ("original_semantic_accuracy", "labeller on originals", ":"),
         ("random_baseline", "random", "--"),

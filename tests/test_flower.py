@@ -19,7 +19,7 @@ from gradleak.models import build_model
 from gradleak.threat import fedsgd_gradient
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE_APP = REPO / "examples" / "flower"
+EXAMPLE_APP = REPO / "gradleak" / "integrations" / "flower_app"
 MEAN, STD = (0.3051,), (0.3759,)
 
 
@@ -43,7 +43,7 @@ def _digits_batch(labels):
 
 
 def test_update_from_weights_reads_fedsgd_gradient_by_name_and_by_position():
-    from gradleak.integrations.flower import update_from_weights
+    from gradleak.integrations.weights import update_from_weights
 
     model = build_model("lenet", (1, 8, 8), 10, seed=3)
     x, y = _digits_batch([1, 5, 5, 9])
@@ -67,7 +67,7 @@ def test_update_from_weights_reads_fedsgd_gradient_by_name_and_by_position():
 
 
 def test_buffers_stay_out_of_the_update_and_load_only_when_asked():
-    from gradleak.integrations.flower import load_weights, update_from_weights
+    from gradleak.integrations.weights import load_weights, update_from_weights
 
     model = build_model("convnet", (1, 8, 8), 10, width=8)
     state = model.state_dict()
@@ -88,7 +88,9 @@ def test_buffers_stay_out_of_the_update_and_load_only_when_asked():
 
 def test_observed_capture_grants_schedule_and_batch_size_but_never_labels():
     from gradleak.attacks.labels import recover_labels
-    from gradleak.integrations.flower import CapturedUpdate, TaskSpec, observe_capture
+    from gradleak.integrations.capture import CapturedUpdate
+    from gradleak.integrations.eavesdropper import observe_capture
+    from gradleak.integrations.weights import TaskSpec
     from gradleak.pipeline import AttackConfig
 
     task = TaskSpec("lenet", (1, 8, 8), 10, MEAN, STD, tuple(str(i) for i in range(10)))
@@ -112,7 +114,7 @@ def test_observed_capture_grants_schedule_and_batch_size_but_never_labels():
 
 
 def test_capture_round_trips_through_npz(tmp_path):
-    from gradleak.integrations.flower import CapturedUpdate
+    from gradleak.integrations.capture import CapturedUpdate
 
     cap = CapturedUpdate(3, 2**63 - 5, {"a": np.arange(6.0).reshape(2, 3)}, {"a": np.ones((2, 3))},
                          {"lr": 0.1}, {"num-examples": 4})
@@ -228,7 +230,9 @@ def _round(strategy, model, lr=0.1):
 def test_wrapped_fedavg_aggregates_exactly_as_fedavg_alone(flower_task_identity, attack_fn):
     from flwr.serverapp.strategy import FedAvg
 
-    from gradleak.integrations.flower import EavesdropConfig, Eavesdropper, EavesdroppingStrategy, TaskSpec
+    from gradleak.integrations.eavesdropper import EavesdropConfig, Eavesdropper
+    from gradleak.integrations.flower import EavesdroppingStrategy
+    from gradleak.integrations.weights import TaskSpec
 
     model = build_model("lenet", (1, 8, 8), 10, seed=1)
     task = TaskSpec("lenet", (1, 8, 8), 10, MEAN, STD)
@@ -254,8 +258,9 @@ def test_wrapped_fedavg_aggregates_exactly_as_fedavg_alone(flower_task_identity,
 
 def test_eavesdropper_scores_against_ground_truth_and_writes_the_store(tmp_path):
     from gradleak.experiments.store import ResultStore
-    from gradleak.integrations.flower import (CapturedUpdate, EavesdropConfig, Eavesdropper, GroundTruthFolder,
-                                              TaskSpec, read_leaks, store_sinks, write_ground_truth)
+    from gradleak.integrations.capture import CapturedUpdate, GroundTruthFolder, write_ground_truth
+    from gradleak.integrations.eavesdropper import EavesdropConfig, Eavesdropper, read_leaks, store_sinks
+    from gradleak.integrations.weights import TaskSpec
     from gradleak.pipeline import AttackConfig
 
     task = TaskSpec("lenet", (1, 8, 8), 10, MEAN, STD, tuple(str(i) for i in range(10)))
@@ -320,7 +325,9 @@ def test_real_flower_federation_leaks_fedsgd_gradient_and_labels(tmp_path):
     """
     pytest.importorskip("flwr")
     from gradleak.experiments.store import ResultStore
-    from gradleak.integrations.flower import CapturedUpdate, read_leaks, truth_path, update_from_weights
+    from gradleak.integrations.capture import CapturedUpdate, truth_path
+    from gradleak.integrations.eavesdropper import read_leaks
+    from gradleak.integrations.weights import update_from_weights
     from gradleak.integrations.flower_local import LocalFederation, marked_processes
 
     sys.path.insert(0, str(EXAMPLE_APP))

@@ -29,7 +29,7 @@ MEASURED_LR = 0.1
 def digits_aux():
     """The attacker's classifier, trained on the PUBLIC train split (the private batches come from test)."""
     from gradleak.data import load_dataset
-    from gradleak.semantic import train_aux_classifier
+    from gradleak.vision import train_aux_classifier
 
     public = load_dataset("digits", "train")
     return train_aux_classifier(public.images, public.labels, 10, steps=150, seed=0)
@@ -45,7 +45,7 @@ def _observe(data, model="lenet", batch=2, seed=0, width=None, first=0, train=Tr
 
 
 def _random_guide(channels=1, seed=0):
-    from gradleak.semantic import SmallCNN
+    from gradleak.vision import SmallCNN
 
     torch.manual_seed(seed)
     return build_guide("classifier", aux_classifier=SmallCNN(channels, 10, 8, width=8).eval())
@@ -252,7 +252,7 @@ class _ByteTokenizer:
 @pytest.fixture(scope="module")
 def tiny_clip():
     transformers = pytest.importorskip("transformers")
-    from gradleak.semantic import ClipBackend
+    from gradleak.vision import ClipBackend
 
     torch.manual_seed(0)
     config = transformers.CLIPConfig(

@@ -13,10 +13,8 @@ import torch
 from gradleak.errors import ConfigError
 from gradleak.metrics.labels import label_accuracy
 from gradleak.semantic import (
-    CIFAR_ENSEMBLE,
     ClassifierLabeller,
     ClipLabeller,
-    ClipUnavailableError,
     LabelMapEvidence,
     UniformLabeller,
     aggregate_counts,
@@ -25,18 +23,22 @@ from gradleak.semantic import (
     assignment_log_prob,
     brute_force_constrained_assignment,
     build_labeller,
-    classifier_accuracy,
     constrained_assignment,
     counts_from_mass,
     counts_to_labels,
     label_images,
     label_map_accuracy,
+    semantic_accuracy,
+    solve_label_map,
+)
+from gradleak.vision import (
+    CIFAR_ENSEMBLE,
+    ClipUnavailableError,
+    classifier_accuracy,
     load_class_names,
     load_clip,
     load_prompts,
     resolve_templates,
-    semantic_accuracy,
-    solve_label_map,
     train_aux_classifier,
 )
 

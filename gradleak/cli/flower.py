@@ -33,9 +33,17 @@ from .common import init_option
               help="Run attacks in a killable process, or a thread (no start-up cost).")
 @click.option("--save-captures", is_flag=True, help="Also save every captured (θ, θ') pair as .npz.")
 @click.option("--app", type=click.Path(file_okay=False), default=None,
-              help="Flower app folder (default: the repository's examples/flower).")
+              help="Flower app folder (default: the app shipped with gradleak, gradleak/integrations/flower_app).")
 def flower_demo(out, app, **params) -> None:
-    """Run a real Flower federation whose server attacks every client update; print what leaked."""
+    """Run a real Flower federation whose server attacks every client update; print what leaked.
+
+    The demo runs the SuperLink and SuperNodes on 127.0.0.1 with TLS off (Flower's --insecure),
+    loopback only; a real deployment must run Flower with TLS certificates, see Flower's
+    "Enable TLS connections":
+
+    \b
+    https://flower.ai/docs/framework/how-to-enable-tls-connections.html
+    """
     from ..integrations.flower import require_flwr
 
     require_flwr()

@@ -35,6 +35,7 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 ROW_LENGTH = 3 * 32 * 32
+DIR_ENV = "GRADLEAK_CIFAR10_DIR"  # a cifar-10-batches-py folder (or its parent) used when no data_dir is given
 _TRAIN_BATCH = re.compile(r"data_batch_(\d+)")
 
 
@@ -49,7 +50,10 @@ def _is_cifar_folder(path: Path) -> bool:
 
 
 def resolve_cifar10_dir(data_dir: str | Path | None, download: bool = True) -> Path:
-    """The ``cifar-10-batches-py`` folder to read, downloading into the cache if needed."""
+    """The ``cifar-10-batches-py`` folder to read: ``data_dir``, else ``$GRADLEAK_CIFAR10_DIR``, else
+    the cache (downloading into it if allowed)."""
+    if data_dir is None and os.environ.get(DIR_ENV):
+        data_dir = os.environ[DIR_ENV]
     if data_dir is not None:
         given = Path(data_dir).expanduser()
         for candidate in (given, given / FOLDER_NAME):
@@ -65,7 +69,7 @@ def resolve_cifar10_dir(data_dir: str | Path | None, download: bool = True) -> P
         return cached
     if not download:
         raise DataError(
-            f"CIFAR-10 not found: put the official {FOLDER_NAME} folder at {cached} or pass --data-dir"
+            f"CIFAR-10 not found: put the official {FOLDER_NAME} folder at {cached}, pass --data-dir or set {DIR_ENV}"
         )
     return download_cifar10(cache_root())
 

@@ -1,13 +1,13 @@
 """Run a sweep's jobs on a backend and record each one in the store as it finishes.
 
-A job is :func:`run_job`: it runs :func:`gradleak.pipeline.run_attack` in a scratch folder and
+A job is :func:`run_job`: it runs :func:`gradleak.studies.attack.run_attack` in a scratch folder and
 returns the summary plus the artefact files as bytes. Only the parent process writes — artefacts
 to ``DIR/runs/<id>/`` first, then the run's rows in one store transaction — so a worker on another
 machine (Ray) needs no shared disk, and a row marked ``done`` always has its artefacts.
 
 Backends (:data:`BACKENDS`) turn a list of jobs into an iterator of :class:`JobOutcome` in completion
 order: ``local`` (in this process for one worker, else a spawn-context process pool) and ``ray``
-(``ray.init(address=...)``, a local instance by default; needs the ``ray`` extra).
+(``ray.init(address=...)``, by default a local instance bound to 127.0.0.1; needs the ``ray`` extra).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator, Sequence
 import yaml
 
 from ..errors import ConfigError, GradleakError
+from ..io import atomic_write
 from ..registry import Registry
 from .spec import Experiment, Job
 from .store import ResultStore
@@ -54,16 +55,16 @@ def one_line(exc: BaseException) -> str:
 
 def run_job(job_id: str, config: dict[str, Any], threads: int | None = None) -> JobOutcome:
     """Run one attack (in whatever process this is) and return its summary and artefacts."""
-    import torch
+    from ..config import AttackConfig
+    from ..studies.attack import run_attack
 
-    from ..pipeline import AttackConfig, run_attack
-
-    if threads:
-        torch.set_num_threads(threads)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gradleak-job-") as tmp:
         try:
-            result = run_attack(AttackConfig.from_dict(config), out_dir=tmp, progress=False)
+            cfg = AttackConfig.from_dict(config)
+            if threads and cfg.run.threads is None:  # the worker's share of the cores, unless the run sets its own
+                cfg = cfg.with_options(threads=threads)
+            result = run_attack(cfg, out_dir=tmp, progress=False)
         except Exception as exc:  # a failing run is data for the store, not the end of the sweep
             return JobOutcome(job_id, error=one_line(exc), artefacts={"error.txt": traceback.format_exc().encode()},
                               seconds=time.perf_counter() - started)
@@ -150,8 +151,9 @@ def ray_backend(jobs: Sequence[Job], job_fn: JobFunction, workers: int, threads:
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if address:
             options["address"] = address
-        else:
+        else:  # a private instance: every Ray server listens on the loopback interface only
             options["num_cpus"] = max(1, workers)
+            options["_node_ip_address"] = "127.0.0.1"
             if os.environ.get("RAY_TMPDIR"):
                 options["_temp_dir"] = os.environ["RAY_TMPDIR"]
         try:
@@ -194,9 +196,7 @@ def write_artefacts(run_dir: Path, artefacts: dict[str, bytes]) -> None:
     for name, data in artefacts.items():
         if Path(name).name != name:
             continue  # only plain file names: a worker never writes outside its run folder
-        tmp = run_dir / f".{name}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, run_dir / name)
+        atomic_write(run_dir / name, data)
 
 
 def plan(experiment: Experiment, statuses: dict[str, str]) -> tuple[list[Job], int, int]:
@@ -226,7 +226,7 @@ def run_sweep(
         import_ray()  # fail before touching the output folder
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "experiment.yaml").write_text(yaml.safe_dump(
+    atomic_write(out / "experiment.yaml", yaml.safe_dump(
         {"name": experiment.name, "base": experiment.base, "grid": experiment.grid}, sort_keys=False))
     # Each local worker gets its share of the cores; one worker keeps torch's default.
     threads = max(1, cpu_count() // workers) if workers > 1 else None

@@ -1,9 +1,14 @@
 """``gradleak flower-demo``: a real Flower federation on loopback, attacked by its own server.
 
 Starts a SuperLink and ``clients`` SuperNodes (:class:`~.flower_local.LocalFederation`), runs the
-example app ``examples/flower`` (FedAvg wrapped in an :class:`~.flower.EavesdroppingStrategy`),
-and reports what leaked from every client in every round. Everything is bounded by one
-``timeout_s``; every process started is ended, on success, error or timeout.
+example app shipped with the package, ``gradleak/integrations/flower_app`` (FedAvg wrapped in an
+:class:`~.flower.EavesdroppingStrategy`), and reports what leaked from every client in every
+round. Everything is bounded by one ``timeout_s``; every process started is ended, on success,
+error or timeout.
+
+The demo runs the SuperLink and SuperNodes on 127.0.0.1 with TLS off (Flower's ``--insecure``),
+loopback only; a real deployment must run Flower with TLS certificates (see Flower's "Enable TLS
+connections", https://flower.ai/docs/framework/how-to-enable-tls-connections.html).
 """
 
 from __future__ import annotations
@@ -17,11 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError, GradleakError
-from .flower import LeakRecord, read_leaks, require_flwr
+from .eavesdropper import LeakRecord, read_leaks
+from .flower import require_flwr
 from .flower_local import LocalFederation
 
 STARTUP_SHARE = 0.3  # at most this share of the budget for starting the federation
 DRAIN_MARGIN_S = 10.0  # the server stops waiting for attacks this long before the demo's deadline
+# The example Flower app, shipped as package data (its pyproject.toml and gradleak_flower_app/).
+EXAMPLE_APP = Path(__file__).resolve().parent / "flower_app"
 
 
 @dataclass
@@ -45,7 +53,7 @@ class FlowerDemoConfig:
     attack_timeout_s: float | None = None  # per attack; None: the whole budget
     isolation: str = "process"
     save_captures: bool = False
-    app: Path | None = None  # None: the repository's examples/flower
+    app: Path | None = None  # None: the app shipped with gradleak (EXAMPLE_APP)
 
     def validate(self) -> None:
         if self.rounds < 1 or self.clients < 1 or self.batch_size < 1 or self.iterations < 1:
@@ -80,10 +88,11 @@ class FlowerDemoResult:
 
 
 def find_example_app(app: str | Path | None = None) -> Path:
-    """The Flower app to run: ``app`` when given, else the repository's ``examples/flower``."""
-    path = Path(app) if app is not None else Path(__file__).resolve().parents[2] / "examples" / "flower"
+    """The Flower app to run: ``app`` when given, else the one shipped in the package (:data:`EXAMPLE_APP`)."""
+    path = Path(app) if app is not None else EXAMPLE_APP
     if not (path / "pyproject.toml").is_file():
-        raise GradleakError(f"Flower example app not found at {path}; pass --app PATH to a checkout's examples/flower")
+        hint = "pass --app PATH to a Flower app folder" if app is not None else "reinstall gradleak or pass --app PATH"
+        raise GradleakError(f"Flower app not found at {path} (no pyproject.toml); {hint}")
     return path.resolve()
 
 

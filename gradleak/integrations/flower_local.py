@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import GradleakError
+from ..io import atomic_write
 from .flower import require_flwr
 
 SESSION_ENV = "GRADLEAK_FLOWER_SESSION"
@@ -200,7 +201,7 @@ class LocalFederation:
         cmd = [_executable("flwr"), "run", str(app), CONNECTION, "--stream"]
         if run_config:
             conf = self.home / f"run-config-{uuid.uuid4().hex[:8]}.toml"
-            conf.write_text(tomli_w.dumps(dict(run_config)))
+            atomic_write(conf, tomli_w.dumps(dict(run_config)))
             cmd += ["--run-config", str(conf)]
         log = self.log_dir / "flwr-run.log"
         started = time.perf_counter()
@@ -270,7 +271,8 @@ class LocalFederation:
     # -- helpers ---------------------------------------------------------------------------
 
     def _write_connection(self) -> None:
-        (self.home / "config.toml").write_text(
+        atomic_write(
+            self.home / "config.toml",
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
             f'[superlink.{CONNECTION}]\naddress = "{LOOPBACK}:{self.superlink_port}"\ninsecure = true\n'
         )

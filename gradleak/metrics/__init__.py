@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..errors import ConfigError
 from .image import IMAGE_METRICS, PSNR_CAP_DB, lpips, pairwise, psnr, ssim, ssim_window_size
+from .intervals import PairedDifference, Stat, bootstrap_interval, paired_difference, standard_error, stat
 from .labels import label_accuracy, label_counts, matched_label_accuracy, random_baseline
 from .matching import best_assignment, brute_force_assignment
 
@@ -63,16 +64,22 @@ __all__ = [
     "IMAGE_METRICS",
     "PSNR_CAP_DB",
     "ImageEvaluation",
+    "PairedDifference",
+    "Stat",
     "best_assignment",
+    "bootstrap_interval",
     "brute_force_assignment",
     "evaluate_images",
     "label_accuracy",
     "label_counts",
     "lpips",
     "matched_label_accuracy",
+    "paired_difference",
     "pairwise",
     "psnr",
     "random_baseline",
     "ssim",
     "ssim_window_size",
+    "standard_error",
+    "stat",
 ]

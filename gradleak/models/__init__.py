@@ -3,6 +3,7 @@ through the Python API."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable
 
 import torch
@@ -91,6 +92,20 @@ def build_model(
     return model
 
 
+def weights_fingerprint(model: nn.Module) -> str:
+    """A digest of the architecture and every parameter and buffer (not of train/eval modes): which
+    weights an update was computed against."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr(model).encode())
+    for name, tensor in model.state_dict().items():
+        if not isinstance(tensor, torch.Tensor):  # a module's extra state may be any object
+            digest.update(f"{name} {tensor!r}".encode())
+            continue
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def last_linear(model: nn.Module) -> tuple[str, str | None]:
     """Parameter names of the final ``nn.Linear`` (weight, bias or None): the layer label attacks read."""
     found = None
@@ -104,4 +119,4 @@ def last_linear(model: nn.Module) -> tuple[str, str | None]:
     return prefix + "weight", (prefix + "bias" if mod.bias is not None else None)
 
 
-__all__ = ["DEFAULT_INIT", "INITS", "MODELS", "ConvNet", "LeNet", "ResNet18", "build_model", "init_name", "last_linear"]
+__all__ = ["DEFAULT_INIT", "INITS", "MODELS", "ConvNet", "LeNet", "ResNet18", "build_model", "init_name", "last_linear", "weights_fingerprint"]

@@ -4,6 +4,9 @@ Labellers (CLIP zero-shot, an auxiliary classifier trained on public data, or no
 reconstruction a distribution over class names; gradient label counts constrain the final
 assignment; evidence is aggregated over restarts and rounds, and the unknown output-index →
 class-name map is recovered from it. ``transformers`` is imported only when CLIP is loaded.
+
+The vision models themselves (CLIP, the auxiliary classifier, prompts) live in :mod:`gradleak.vision`,
+below both this stage and the attacks.
 """
 
 from .aggregation import (
@@ -18,8 +21,6 @@ from .aggregation import (
     solve_label_map,
 )
 from .assignment import assignment_log_prob, brute_force_constrained_assignment, constrained_assignment
-from .classifier import SmallCNN, classifier_accuracy, train_aux_classifier
-from .clip import DEFAULT_CLIP_MODEL, ClipBackend, ClipUnavailableError, load_clip
 from .labellers import (
     LABELLERS,
     ClassifierLabeller,
@@ -31,31 +32,14 @@ from .labellers import (
     label_images,
     semantic_accuracy,
 )
-from .prompts import (
-    CIFAR_ENSEMBLE,
-    DEFAULT_TEMPLATE,
-    GUIDANCE_TEMPLATE,
-    TEMPLATE_SETS,
-    load_class_names,
-    load_prompts,
-    resolve_templates,
-)
 
 __all__ = [
-    "CIFAR_ENSEMBLE",
-    "DEFAULT_CLIP_MODEL",
-    "DEFAULT_TEMPLATE",
-    "GUIDANCE_TEMPLATE",
     "LABELLERS",
-    "TEMPLATE_SETS",
     "ClassifierLabeller",
-    "ClipBackend",
     "ClipLabeller",
-    "ClipUnavailableError",
     "LabelMapEvidence",
     "Labeller",
     "SemanticLabels",
-    "SmallCNN",
     "UniformLabeller",
     "aggregate_counts",
     "align_rounds",
@@ -64,16 +48,10 @@ __all__ = [
     "brute_force_constrained_assignment",
     "build_labeller",
     "class_mass",
-    "classifier_accuracy",
     "constrained_assignment",
     "counts_from_mass",
     "counts_to_labels",
     "label_images",
     "label_map_accuracy",
-    "load_class_names",
-    "load_clip",
-    "load_prompts",
-    "resolve_templates",
     "semantic_accuracy",
-    "train_aux_classifier",
 ]

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..registry import Registry
 from .assignment import constrained_assignment
-from .prompts import check_class_names, resolve_templates
+from ..vision.prompts import check_class_names, resolve_templates
 
 
 class Labeller(Protocol):
@@ -111,7 +111,7 @@ class ClassifierLabeller:
         **train_kwargs: Any,
     ) -> "ClassifierLabeller":
         """Train the auxiliary classifier on PUBLIC labelled images (never the victim's batch)."""
-        from .classifier import train_aux_classifier
+        from ..vision.classifier import train_aux_classifier
 
         names = check_class_names(class_names)
         model = train_aux_classifier(images, labels, len(names), steps=steps, seed=seed, **train_kwargs)
@@ -147,7 +147,7 @@ def _build_clip(
     backend: Any = None, model: str | None = None, device: str = "cpu", templates: Any = None, **kw: Any
 ) -> ClipLabeller:
     if backend is None:
-        from .clip import DEFAULT_CLIP_MODEL, load_clip
+        from ..vision.clip import DEFAULT_CLIP_MODEL, load_clip
 
         backend = load_clip(model or DEFAULT_CLIP_MODEL, device=device)
     return ClipLabeller(backend, templates=templates, **kw)

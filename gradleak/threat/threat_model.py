@@ -16,7 +16,7 @@ from .update import ClientUpdate
 class ThreatModel:
     """What the attacker knows beyond the update, the architecture and the weights θ.
 
-    Every piece of side knowledge is an explicit flag (ALGORITHMS.md, "Threat model").
+    Every piece of side knowledge is an explicit flag (docs/ALGORITHMS.md, "Threat model").
     """
 
     knows_batch_size: bool = True

@@ -6,7 +6,8 @@ image shows its guidance class. Two guides, one registry (:data:`GUIDES`):
 - ``clip``: ``L_CLIP(x̂_i, c_i) = 1 − cos(E_img(x̂_i), E_txt("image of a {c_i}"))`` through a
   differentiable resize to CLIP's input and CLIP's normalisation (ALGORITHMS.md, "CLIP terms").
 - ``classifier``: ``CE(aux(x̂_i), c_i)`` of an auxiliary classifier the attacker trained on PUBLIC
-  data: the offline stand-in for CLIP (no weights to download).
+  data (:func:`gradleak.vision.train_public_classifier`): the offline stand-in for CLIP (no weights
+  to download).
 
 A guide returns one loss per image so that the batched search (``batched.py``) can reduce it per
 candidate; :class:`GuidanceRegularizer` wraps a guide with fixed targets as a regulariser of the
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...registry import Registry
 from ...threat import Observation
-from ...semantic.prompts import GUIDANCE_TEMPLATE  # "image of a {c}", the seed's guidance prompt
+from ...vision.prompts import GUIDANCE_TEMPLATE  # "image of a {c}", the seed's guidance prompt
 from .regularizers import REGULARIZERS
 
 
@@ -103,17 +104,6 @@ def build_guide(name: str, **kwargs: Any) -> Guide:
     """A guide by name: ``clip`` (clip=ClipBackend, class_names=, template=) or ``classifier``
     (aux_classifier=, num_classes=)."""
     return GUIDES.get(name)(**kwargs)
-
-
-def train_public_classifier(public_images: Tensor, public_labels: Tensor, num_classes: int,
-                            steps: int = 300, seed: int = 0) -> nn.Module:
-    """The classifier guide's model, trained on the attacker's PUBLIC split (never the victim batch).
-
-    Delegates to :func:`gradleak.semantic.train_aux_classifier` (noise-augmented small CNN).
-    """
-    from ...semantic import train_aux_classifier
-
-    return train_aux_classifier(public_images, public_labels, num_classes, steps=steps, seed=seed)
 
 
 @dataclass

@@ -12,7 +12,7 @@ PRESETS: Registry[InversionConfig] = Registry("attack preset")
 # Inverting Gradients (Geiping et al. 2020): cosine + TV, signed Adam, decay at 3/8, 5/8, 7/8.
 # TV 0.3 (breaching uses 0.2): on untrained ConvNet-16, 6 CIFAR-10 test images, 1000 iterations, mean
 # SSIM / PSNR 0.14 / 13.8 dB with TV 0.05, 0.20 / 15.3 with 0.3, 0.22 / 15.3 with 1.0; PSNR rose on
-# all six. Images under MIN_SIDE_FOR_TV pixels (digits) get no TV unless asked (pipeline.py).
+# all six. Images under MIN_SIDE_FOR_TV pixels (digits) get no TV unless asked (studies/attack.py).
 # Step 0.5, not the paper's 0.1: IG ran 4 800–24 000 iterations; within 1000 the larger first step
 # gets further before the decays. Untrained, CIFAR-10, B = 1, 1000 iterations, SSIM / PSNR at 0.1 →
 # 0.5: ConvNet-64 bird 0.41 / 12.0 → 0.67 / 15.0 (4000 iterations at 0.1: 0.62 / 13.9), frog

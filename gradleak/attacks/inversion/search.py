@@ -347,19 +347,3 @@ def run_guided(
         reconstruction=result.reconstructions[chosen], candidates=candidates,
         chosen=chosen, seconds=time.perf_counter() - started,
     )
-
-
-def evaluate_guidance(outcome: GuidanceOutcome, true_labels: Tensor, num_classes: int) -> dict[str, Any]:
-    """Evaluator side: order-free accuracy of the searched labels, the random baseline (B uniform
-    guesses), and the candidate baseline (a uniform pick among the candidates searched: with counts
-    constrained, neighbours of the recovered multiset already share labels with the truth)."""
-    from ...metrics import label_accuracy, random_baseline
-
-    if outcome.search_labels is None:
-        return {"search_accuracy": None, "search_random_baseline": None, "search_candidate_baseline": None}
-    per_candidate = [label_accuracy(c.guidance, true_labels, num_classes) for c in outcome.candidates]
-    return {
-        "search_accuracy": label_accuracy(outcome.search_labels, true_labels, num_classes),
-        "search_random_baseline": random_baseline(true_labels, num_classes),
-        "search_candidate_baseline": sum(per_candidate) / len(per_candidate),
-    }

@@ -1,6 +1,6 @@
 """Shared types and helpers for analytic label recovery.
 
-Notation (ALGORITHMS.md, "Label recovery from gradients"): C classes, batch B, last layer
+Notation (docs/ALGORITHMS.md, "Label recovery from gradients"): C classes, batch B, last layer
 ``z = W h + b``, ``p = softmax(z)``, mean cross-entropy, so ``∇W_c = (1/B) Σ_n (p_nc − y_nc) h_n``,
 ``∇b_c = (1/B) Σ_n (p_nc − y_nc)`` and ``s_c = Σ_m ∇W_cm``.
 """

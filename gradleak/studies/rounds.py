@@ -10,63 +10,51 @@ class name, solves the index → name map from (recovered index, labeller distri
 from __future__ import annotations
 
 import csv
+import io
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from .errors import ConfigError
-from .pipeline import (
-    AttackConfig,
-    attack_observation,
-    build_semantic_labeller,
-    evaluate_outcome,
-    prepare_client,
-    public_split,
-    set_client_mode,
-    threat_model,
-    write_json,
-)
-from .threat import UpdateConfig, simulate_client
+from ..config import AttackConfig
+from ..errors import ConfigError
+from ..metrics import label_accuracy, random_baseline
+from ..models.train import train_victim
+from .attack import attack_observation
+from .checks import check_inputs
+from .client import client_update, observe, prepare_client, set_client_mode
+from .evaluate import evaluate_outcome
+from .side import AttackerSide
 
 
 @dataclass
 class RoundsConfig:
-    attack: AttackConfig
+    attack: AttackConfig = field(default_factory=AttackConfig)
     rounds: int = 5
     steps_per_round: int = 20  # SGD steps of the global model on public data between rounds
 
 
 def run_rounds(cfg: RoundsConfig, out_dir: str | Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Attack one client over ``cfg.rounds`` rounds; one row of metrics per round."""
-    from .data import load_dataset
-    from .metrics import label_accuracy, random_baseline
-    from .models.train import train_victim
-    from .semantic import (
-        LabelMapEvidence,
-        aggregate_counts,
-        aggregate_probabilities,
-        align_rounds,
-        counts_to_labels,
-        label_images,
-        solve_label_map,
-    )
+    from ..semantic import (LabelMapEvidence, aggregate_counts, aggregate_probabilities, align_rounds,
+                            counts_to_labels, label_images, solve_label_map)
 
-    a = cfg.attack
+    a = check_inputs(cfg.attack)
     if cfg.rounds < 1:
         raise ConfigError("rounds must be at least 1")
-    if a.labeler == "none":
+    if cfg.steps_per_round < 0:
+        raise ConfigError("steps per round must be at least 0")
+    if a.semantic.labeler == "none":
         raise ConfigError("rounds measures semantic labels: choose --labeler clip or classifier")
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    data, model, x, y, _ = prepare_client(a, progress)
-    public = load_dataset(a.dataset, public_split(a.split), a.data_dir)
-    labeller, names = build_semantic_labeller(a, data)
-    if names != list(data.class_names):
+    if a.semantic.class_names is not None:
         raise ConfigError("rounds scores names against the dataset's classes; drop --class-names")
+    client = prepare_client(a, progress)
+    data, model, x, y = client.data, client.model, client.images, client.labels
+    side = AttackerSide(a, data).build()
+    public = side.public
+    labeller, names = side.labeller, side.class_names
     truth = [int(t) for t in y]
     b, c = len(truth), data.num_classes
     evidence = LabelMapEvidence(c, len(names))
@@ -75,12 +63,10 @@ def run_rounds(cfg: RoundsConfig, out_dir: str | Path | None = None, progress: b
     for r in tqdm(range(cfg.rounds), disable=not progress, desc="rounds", unit="round"):
         started = time.perf_counter()
         if r:
-            train_victim(model, public.images, public.labels, cfg.steps_per_round, data.mean, data.std, seed=a.seed + r)
-        set_client_mode(model, a.client_mode)
-        update = simulate_client(model, x, y, UpdateConfig(a.update, a.local_steps, a.local_lr, a.local_batch_size),
-                                 data.mean, data.std)
-        obs = threat_model(a).observe(model, update, data.input_shape, c, data.mean, data.std, batch_size=b)
-        outcome = attack_observation(obs, replace(a, seed=a.seed + r), progress=False, public=public)
+            train_victim(model, public.images, public.labels, cfg.steps_per_round, data.mean, data.std, seed=a.run.seed + r)
+        set_client_mode(model, a.client.client_mode)
+        obs = observe(a, model, data, client_update(a, client), b)
+        outcome = attack_observation(obs, a.with_options(seed=a.run.seed + r), side, progress=False)
         ev = evaluate_outcome(outcome, x, y, c)
         # The attacker does not know the index → name map: label without the gradient's counts.
         sem = label_images(labeller, outcome.reconstruction.images, names)
@@ -96,7 +82,7 @@ def run_rounds(cfg: RoundsConfig, out_dir: str | Path | None = None, progress: b
             "label_accuracy": ev["label_accuracy"],
             "ssim": ev["ssim"],
             "semantic_accuracy": label_accuracy(sem.top1, truth),
-            "aggregated_semantic_accuracy": label_accuracy(per_image, truth),
+            "semantic_accuracy_aggregated": label_accuracy(per_image, truth),
             "pooled_semantic_accuracy": label_accuracy(pooled, truth),
             "label_map_accuracy": sum(mapping[i] == i for i in seen) / len(seen),
             "label_map_indices_seen": len(seen),
@@ -104,20 +90,20 @@ def run_rounds(cfg: RoundsConfig, out_dir: str | Path | None = None, progress: b
             "random_baseline": random_baseline(truth, c),
             "seconds": time.perf_counter() - started,
         })
-        if out is not None:
-            _write(out, rows, a, cfg)
+        if out_dir is not None:
+            _write(Path(out_dir), rows, cfg)
     return rows
 
 
-def _write(out: Path, rows: list[dict[str, Any]], a: AttackConfig, cfg: RoundsConfig) -> None:
-    from .viz import save_rounds_plot
+def _write(out: Path, rows: list[dict[str, Any]], cfg: RoundsConfig) -> None:
+    from ..io import atomic_write, write_json
+    from ..viz import save_rounds_plot
 
-    tmp = out / "rounds.csv.tmp"
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(out / "rounds.csv")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(out / "rounds.csv", buffer.getvalue())
     save_rounds_plot(out / "rounds.png", rows)
-    write_json(out / "rounds.json", {"config": a.to_dict(), "rounds": cfg.rounds,
-                                      "steps_per_round": cfg.steps_per_round, "per_round": rows})
+    write_json(out / "rounds.json", {"config": cfg.attack.to_dict(), "rounds": cfg.rounds,
+                                     "steps_per_round": cfg.steps_per_round, "per_round": rows})

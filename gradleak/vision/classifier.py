@@ -1,8 +1,9 @@
 """An auxiliary classifier trained by the attacker on PUBLIC data (never the victim's batch).
 
-A semantic labeller that needs no CLIP: the attacker trains a small CNN on a public split of the
-same domain and classifies the reconstructions with it. Noise augmentation during training makes
-it tolerant of the artefacts reconstructions carry.
+A stand-in for CLIP that needs no weights: the attacker trains a small CNN on a public split of the
+same domain, then uses it to guide inversion (the ``classifier`` guide) or to label reconstructions
+(the ``classifier`` labeller). Noise augmentation during training makes it tolerant of the artefacts
+reconstructions carry.
 """
 
 from __future__ import annotations
@@ -134,6 +135,15 @@ def train_aux_classifier(
             opt.step()
             sched.step()
     return model.eval()
+
+
+def train_public_classifier(public_images: Tensor, public_labels: Tensor, num_classes: int,
+                            steps: int = 300, seed: int = 0) -> nn.Module:
+    """The classifier guide's model, trained on the attacker's PUBLIC split (never the victim batch).
+
+    Delegates to :func:`train_aux_classifier` (noise-augmented small CNN).
+    """
+    return train_aux_classifier(public_images, public_labels, num_classes, steps=steps, seed=seed)
 
 
 @torch.no_grad()

@@ -13,9 +13,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from gradleak.integrations.flower import EavesdropConfig, GroundTruthFolder, eavesdrop, store_sinks
+from gradleak.integrations.capture import GroundTruthFolder
+from gradleak.integrations.eavesdropper import AttackConfig, EavesdropConfig, store_sinks
+from gradleak.integrations.flower import eavesdrop
 from gradleak.models import build_model
-from gradleak.pipeline import AttackConfig
 
 from .task import task_spec
 

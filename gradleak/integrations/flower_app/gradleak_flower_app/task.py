@@ -9,7 +9,7 @@ import torch
 
 from gradleak.data import load_dataset
 from gradleak.data.dataset import ImageDataset
-from gradleak.integrations.flower import TaskSpec
+from gradleak.integrations.weights import TaskSpec
 
 
 def task_spec(run_config: Mapping[str, Any]) -> TaskSpec:

@@ -10,7 +10,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from gradleak.integrations.flower import write_ground_truth
+from gradleak.integrations.capture import write_ground_truth
 
 from .task import client_batch, normalize, task_spec
 

@@ -1,0 +1,205 @@
+"""One attack, end to end: config → client → observation → attacker → evaluation → files.
+
+:func:`run_attack` is what ``gradleak attack`` calls and what sweeps reuse. The attacker
+(:func:`attack_observation`, :func:`name_reconstructions`) only ever sees the
+:class:`~gradleak.threat.Observation` and its own side models; the true batch reaches
+:mod:`~gradleak.studies.evaluate` only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import AttackConfig
+from ..errors import ConfigError
+from ..threat import Observation
+from .checks import check_inputs
+from .client import Client, client_update, observe, prepare_client
+from .evaluate import evaluate_guidance, evaluate_outcome, evaluate_semantics, no_truth_summary
+from .side import AttackerSide
+
+# Below this side length a total-variation prior only blurs: each pixel of an 8×8 digit is a stroke.
+MIN_SIDE_FOR_TV = 16
+
+
+@dataclass
+class AttackOutcome:
+    """What the attacker recovered from one observation (no ground truth involved)."""
+
+    labels: torch.Tensor
+    label_method: str
+    reconstruction: Any  # gradleak.attacks.inversion.Reconstruction
+    seconds: float
+    guidance: Any = None  # gradleak.attacks.inversion.search.GuidanceOutcome when guided
+
+
+@dataclass
+class AttackResult:
+    """The outcome of one run: a JSON-able summary plus the tensors behind it."""
+
+    summary: dict[str, Any]
+    originals: torch.Tensor | None
+    reconstruction: torch.Tensor
+    class_names: list[str] = field(default_factory=list)
+    semantic: Any = None  # gradleak.semantic.SemanticLabels when a labeller ran
+
+
+def inversion_config(cfg: AttackConfig, input_shape: tuple[int, ...] | None = None):
+    """The preset of ``cfg.inversion.attack`` with the run's overrides; without an explicit ``tv``,
+    images smaller than MIN_SIDE_FOR_TV get no TV prior."""
+    from ..attacks.inversion import preset
+
+    inv = cfg.inversion
+    regs = dict(preset(inv.attack).regularizers)
+    if inv.tv is not None:
+        regs["tv"] = inv.tv
+    elif input_shape is not None and min(input_shape[-2:]) < MIN_SIDE_FOR_TV:
+        regs.pop("tv", None)
+    if inv.bn_prior:
+        regs["bn_stats"] = inv.bn_prior
+    return preset(inv.attack, iterations=inv.iterations, restarts=inv.restarts, precision=inv.precision,
+                  seed=cfg.run.seed, regularizers=regs, lr=inv.step_size)
+
+
+def attack_observation(obs: Observation, cfg: AttackConfig, side: AttackerSide, progress: bool = True,
+                       oracle_labels: torch.Tensor | None = None) -> AttackOutcome:
+    """The attacker: labels (granted, or recovered from the gradient), then images (guided or not).
+
+    ``oracle_labels`` is the evaluator's ground truth, used only by ``guidance="oracle"`` (an
+    upper-bound experiment, not an attack).
+    """
+    from ..attacks.inversion import invert
+    from ..attacks.inversion.search import run_guided
+    from ..attacks.labels import DEFAULT_METHOD, recover_labels
+
+    started = time.perf_counter()
+    estimate = None
+    if obs.labels is not None:
+        labels, label_method = obs.labels, "granted"
+    else:
+        method = DEFAULT_METHOD if cfg.recovery.labels == "auto" else cfg.recovery.labels
+        estimate = recover_labels(obs, method, side.label_aux())
+        labels, label_method = estimate.labels, estimate.method
+    inv = inversion_config(cfg, obs.input_shape)
+    s = cfg.semantic
+    if s.guidance == "none":
+        recon = invert(obs, labels, inv, progress=progress)
+        return AttackOutcome(labels, label_method, recon, time.perf_counter() - started)
+    if s.guidance == "oracle" and oracle_labels is None:
+        raise ConfigError("oracle guidance needs the true labels, which only the evaluator has")
+    guided = run_guided(obs, estimate if estimate is not None else labels, inv, mode=s.guidance, guide_name=s.guide,
+                        weight=s.guidance_weight, true_labels_for_oracle=oracle_labels, class_names=obs.class_names,
+                        progress=progress, search_space=s.search_space, **side.guide_models())
+    return AttackOutcome(guided.labels, label_method, guided.reconstruction, time.perf_counter() - started, guided)
+
+
+def name_reconstructions(side: AttackerSide, outcome: AttackOutcome, num_outputs: int):
+    """The attacker names its reconstructions; when the recovered output indices coincide with the
+    vocabulary (same size), their counts constrain the assignment. Restarts are pooled (aligned to
+    the kept reconstruction) into ``aggregated``."""
+    from ..semantic import aggregate_probabilities, align_rounds, constrained_assignment, label_images
+
+    labeller, names = side.labeller, side.class_names
+    counts = None
+    if len(names) == num_outputs:
+        counts = torch.bincount(outcome.labels.long(), minlength=num_outputs).tolist()
+    semantic = label_images(labeller, outcome.reconstruction.images, names, counts)
+    restarts = outcome.reconstruction.restart_images
+    if len(restarts) > 1:
+        tables = [labeller.probabilities(img, names) for img in restarts]
+        best = next((i for i, r in enumerate(restarts) if r is outcome.reconstruction.images), 0)
+        order = [best] + [i for i in range(len(restarts)) if i != best]
+        agg = aggregate_probabilities(align_rounds([restarts[i] for i in order], [tables[i] for i in order]))
+        semantic.aggregated = (constrained_assignment(agg.clamp_min(1e-12).log(), counts) if counts is not None
+                               else agg.argmax(dim=1).tolist())
+    return semantic
+
+
+def run_attack(cfg: AttackConfig, out_dir: str | Path | None = None, progress: bool = True,
+               save_update_to: str | Path | None = None, save_truth: bool = False) -> AttackResult:
+    """Simulate the client (or replay a recorded update), observe it under the threat model, attack
+    it, and evaluate it against the private batch when there is one."""
+    from ..threat.io import load_update, save_update
+    from .outputs import write_outputs
+
+    check_inputs(cfg)
+    recorded = load_update(cfg.client.observed_update) if cfg.client.observed_update else None
+    torch.manual_seed(cfg.run.seed)
+    client: Client = prepare_client(cfg, progress)
+    data = client.data
+    if recorded is not None:
+        update, x, y = replay(recorded, client, cfg)
+    else:
+        update, x, y = client_update(cfg, client), client.images, client.labels
+    if save_update_to is not None:
+        save_update(save_update_to, update, client.model, facts=facts(cfg, client),
+                    truth=(x, y) if save_truth and y is not None else None)
+    batch_size = x.shape[0] if x is not None else int(recorded.facts.get("batch_size") or cfg.data.batch_size)
+    obs = observe(cfg, client.model, data, update, batch_size, labels=y)
+    side = AttackerSide(cfg, data).build()
+    outcome = attack_observation(obs, cfg, side, progress, oracle_labels=y)
+    summary = evaluate_outcome(outcome, x, y, data.num_classes) if y is not None else no_truth_summary(outcome)
+    summary.update(class_names=data.class_names, config=cfg.to_dict(),
+                   inversion=inversion_config(cfg, data.input_shape).to_dict())
+    if outcome.guidance is not None:
+        summary.update(outcome.guidance.summary())
+        if y is not None:
+            summary.update(evaluate_guidance(outcome.guidance, y, data.num_classes))
+            if cfg.semantic.compare_guidance:
+                from ..metrics import evaluate_images
+
+                plain = attack_observation(obs, cfg.with_options(guidance="none"), side, progress)
+                summary["ssim_no_guidance"] = evaluate_images(plain.reconstruction.images, x).ssim
+                summary["ssim_with_guidance"] = summary["ssim"]
+    semantic = None
+    if cfg.semantic.labeler != "none":
+        semantic = name_reconstructions(side, outcome, data.num_classes)
+        if y is not None:
+            summary.update(evaluate_semantics(side.labeller, semantic, x, y, data.class_names, summary["assignment"]))
+        else:
+            summary["semantic_labels"] = semantic.names()
+        summary["semantic_table"] = semantic.to_dict()
+    result = AttackResult(summary, x, outcome.reconstruction.images, data.class_names, semantic)
+    if out_dir is not None:
+        write_outputs(result, Path(out_dir))
+    return result
+
+
+def facts(cfg: AttackConfig, client: Client) -> dict[str, Any]:
+    """The task facts a recorded update carries beside the fingerprint."""
+    d = client.data
+    return {"dataset": cfg.data.dataset, "model": cfg.victim.model, "input_shape": list(d.input_shape),
+            "num_classes": d.num_classes, "batch_size": int(client.images.shape[0]), "client_mode": cfg.client.client_mode,
+            "mean": list(d.mean) if d.mean is not None else None, "std": list(d.std) if d.std is not None else None}
+
+
+def replay(recorded, client: Client, cfg: AttackConfig):
+    """A recorded update against ``client``'s model: loads stored weights, checks the fingerprint,
+    warns on a degenerate update, and returns (update, images, labels) — the ground truth only
+    when the file stores it (a re-sampled batch would be meaningless to score against)."""
+    import warnings
+
+    from ..errors import UpdateError
+
+    if recorded.weights is not None:
+        try:
+            client.model.load_state_dict(recorded.weights)
+        except RuntimeError as exc:
+            raise UpdateError(f"{cfg.client.observed_update}: its stored weights do not fit "
+                              f"{cfg.victim.model}: {str(exc).splitlines()[0]}") from None
+    recorded.check_model(client.model, cfg.client.observed_update)
+    shape = recorded.facts.get("input_shape")
+    if shape is not None and tuple(shape) != tuple(client.data.input_shape):
+        raise UpdateError(f"{cfg.client.observed_update} was recorded on inputs {tuple(shape)}, "
+                          f"{cfg.data.dataset} has {tuple(client.data.input_shape)}")
+    why = recorded.degenerate()
+    if why:
+        warnings.warn(f"{cfg.client.observed_update}: {why}", stacklevel=2)
+    if recorded.truth is None:
+        return recorded.update, None, None
+    return recorded.update, recorded.truth[0], recorded.truth[1]

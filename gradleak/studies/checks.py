@@ -1,0 +1,36 @@
+"""Inputs checked before any expensive step: a typo fails in a second, not after the inversion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import AttackConfig, validate
+from ..errors import ConfigError
+
+
+def _looks_like_path(value: str) -> bool:
+    return value.startswith((".", "/", "~")) or Path(value).expanduser().exists() or value.count("/") > 1
+
+
+def check_inputs(cfg: AttackConfig) -> AttackConfig:
+    """Validate every option and every file the run will read; ConfigError on the first problem."""
+    validate(cfg)
+    d, s, c = cfg.data, cfg.semantic, cfg.client
+    if d.data_dir is not None and not Path(d.data_dir).expanduser().exists():
+        raise ConfigError(f"data folder {d.data_dir} does not exist")
+    if c.observed_update is not None and not Path(c.observed_update).expanduser().is_file():
+        raise ConfigError(f"observed update file not found: {c.observed_update}")
+    if s.class_names is not None:
+        from ..vision import load_class_names
+
+        load_class_names(s.class_names)  # missing, empty or duplicated names are one-line errors
+    uses_clip = s.labeler == "clip" or (s.guidance != "none" and s.guide == "clip")
+    if uses_clip:
+        if _looks_like_path(s.clip_model) and not (Path(s.clip_model).expanduser() / "config.json").is_file():
+            raise ConfigError(f"CLIP model folder {s.clip_model} not found (it needs a config.json: a folder "
+                              "written by CLIPModel.save_pretrained)")
+        if s.prompts is not None:
+            from ..vision.prompts import resolve_templates
+
+            resolve_templates(s.prompts)
+    return cfg

@@ -1,0 +1,88 @@
+"""The client and what the server sees of it: the victim, the private batch, the update, the observation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import AttackConfig
+from ..data import ImageDataset, load_dataset
+from ..errors import ConfigError
+from ..models import build_model
+from ..models.train import train_victim
+from ..runtime import set_threads
+from ..threat import ClientUpdate, Observation, ThreatModel, UpdateConfig, simulate_client
+
+
+@dataclass
+class Client:
+    """A simulated client: its data, the victim model the server sent, and its private batch."""
+
+    data: ImageDataset
+    model: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor
+
+
+def public_split(split: str) -> str:
+    """The split the attacker may use as public data: the one the private batch is not drawn from."""
+    return "train" if split == "test" else "test"
+
+
+def set_client_mode(model: nn.Module, mode: str) -> None:
+    """The mode the client computes its update in; the server knows it (it ships the training code)."""
+    if mode not in ("train", "eval"):
+        raise ConfigError(f"unknown client mode {mode!r}; choose train or eval")
+    model.train(mode == "train")
+
+
+def build_victim(cfg: AttackConfig, data: ImageDataset, seed: int, progress: bool = False,
+                 public: ImageDataset | None = None) -> nn.Module:
+    """The victim ``cfg.victim`` describes, initialised from ``seed`` and trained on ``public`` when asked."""
+    v = cfg.victim
+    model = build_model(v.model, data.input_shape, data.num_classes, v.width, seed=seed, init=v.init)
+    set_threads(cfg.run.threads, model)
+    if v.trained_steps:
+        public = public or load_dataset(cfg.data.dataset, "train", cfg.data.data_dir)
+        train_victim(model, public.images, public.labels, v.trained_steps, data.mean, data.std, seed=seed,
+                     progress=progress)
+    set_client_mode(model, cfg.client.client_mode)
+    return model
+
+
+def prepare_client(cfg: AttackConfig, progress: bool = False) -> Client:
+    """Load data, build (and optionally train) the victim, and draw the private batch."""
+    data = load_dataset(cfg.data.dataset, cfg.data.split, cfg.data.data_dir)
+    if cfg.data.batch_size > len(data):
+        raise ConfigError(f"batch size {cfg.data.batch_size} is larger than the {len(data)} images of "
+                          f"{cfg.data.dataset} {cfg.data.split}")
+    model = build_victim(cfg, data, cfg.run.seed, progress)
+    x, y, idx = data.sample_batch(cfg.data.batch_size, torch.Generator().manual_seed(cfg.run.seed))
+    return Client(data, model, x, y, idx)
+
+
+def update_config(cfg: AttackConfig) -> UpdateConfig:
+    c = cfg.client
+    return UpdateConfig(c.update, c.local_steps, c.local_lr, c.local_batch_size)
+
+
+def client_update(cfg: AttackConfig, client: Client) -> ClientUpdate:
+    """The update the honest client sends for its private batch."""
+    return simulate_client(client.model, client.images, client.labels, update_config(cfg), client.data.mean,
+                           client.data.std)
+
+
+def threat_model(cfg: AttackConfig) -> ThreatModel:
+    t = cfg.threat
+    return ThreatModel(knows_labels=t.knows_labels, knows_bn_stats=t.knows_bn_stats,
+                       knows_local_schedule=t.knows_local_schedule)
+
+
+def observe(cfg: AttackConfig, model: nn.Module, data: ImageDataset, update: ClientUpdate, batch_size: int,
+            labels: torch.Tensor | None = None) -> Observation:
+    """What the server is handed under ``cfg``'s threat model (``labels`` only reach it when granted)."""
+    return threat_model(cfg).observe(model, update, data.input_shape, data.num_classes, data.mean, data.std,
+                                     batch_size=batch_size, labels=labels, class_names=data.class_names)

@@ -1,0 +1,60 @@
+"""A study's output folder and files: refuse to mix runs, write everything atomically."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+from ..io import write_json
+
+# Files by which a folder is recognised as gradleak's output (so --overwrite never empties another folder).
+OUTPUT_MARKERS = ("result.json", "rounds.json", "labels.csv", "config.json", "results.sqlite", "leaks.jsonl")
+
+
+def prepare_output(out: str | Path, overwrite: bool = False) -> Path:
+    """An empty folder to write a study's files to.
+
+    An existing non-empty folder is refused unless ``overwrite``; then it is emptied first, but only
+    when it holds a gradleak output (never a folder of other files), so old and new files never mix.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output path {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"output folder {out} is not empty; pass --overwrite to replace it, or choose another "
+                              "with -o")
+        if not any((out / m).exists() for m in OUTPUT_MARKERS):
+            raise ConfigError(f"output folder {out} holds files gradleak did not write; choose another with -o")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_outputs(result, out: Path) -> None:
+    """``grid.png`` (originals above their matched reconstructions), ``probabilities.png`` when a
+    labeller ran, and ``result.json``."""
+    from ..viz import save_grid, save_probability_table
+
+    s = result.summary
+    names = result.class_names
+    if result.originals is None:  # a recorded update without ground truth: reconstructions only
+        bottom = [names[label] for label in s["recovered_labels"]]
+        save_grid(out / "grid.png", [result.reconstruction], [bottom], row_titles=["reconstruction"])
+    else:
+        perm = s["assignment"]
+        top = [f"{names[t]}" for t in s["true_labels"]]
+        # Reconstruction i was matched to original perm[i]; show it under that original.
+        recon = torch.empty_like(result.reconstruction)
+        bottom = [""] * len(perm)
+        for i, j in enumerate(perm):
+            recon[j] = result.reconstruction[i]
+            bottom[j] = f"{names[s['recovered_labels'][i]]} {s['per_image_ssim'][i]:.2f}"
+        save_grid(out / "grid.png", [result.originals, recon], [top, bottom],
+                  row_titles=["original", "reconstruction"])
+    if result.semantic is not None:
+        save_probability_table(out / "probabilities.png", result.semantic.probabilities, result.semantic.class_names)
+    write_json(out / "result.json", s)

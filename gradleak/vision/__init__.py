@@ -1,0 +1,43 @@
+"""The attacker's side vision models: CLIP, an auxiliary classifier trained on public data, prompts.
+
+Shared by the attack stage (semantic guidance of gradient inversion, :mod:`gradleak.attacks.inversion`)
+and the labelling stage (:mod:`gradleak.semantic`); it sits below both and imports neither.
+``transformers`` is imported only when CLIP is loaded.
+"""
+
+from .classifier import AUX_ARCHS, SmallCNN, classifier_accuracy, train_aux_classifier, train_public_classifier
+from .clip import DEFAULT_CLIP_MODEL, ClipBackend, ClipUnavailableError, load_clip
+from .prompts import (
+    CIFAR_ENSEMBLE,
+    DEFAULT_TEMPLATE,
+    GUIDANCE_TEMPLATE,
+    TEMPLATE_SETS,
+    check_class_names,
+    check_templates,
+    fill,
+    load_class_names,
+    load_prompts,
+    resolve_templates,
+)
+
+__all__ = [
+    "AUX_ARCHS",
+    "CIFAR_ENSEMBLE",
+    "DEFAULT_CLIP_MODEL",
+    "DEFAULT_TEMPLATE",
+    "GUIDANCE_TEMPLATE",
+    "TEMPLATE_SETS",
+    "ClipBackend",
+    "ClipUnavailableError",
+    "SmallCNN",
+    "check_class_names",
+    "check_templates",
+    "classifier_accuracy",
+    "fill",
+    "load_class_names",
+    "load_clip",
+    "load_prompts",
+    "resolve_templates",
+    "train_aux_classifier",
+    "train_public_classifier",
+]
