@@ -153,13 +153,14 @@ def quality(dataset: str, data_dir: str | None, model_name: str, batch: int, tri
     import statistics
 
     from gradleak.attacks.inversion import preset
-    from gradleak.attacks.inversion.search import evaluate_guidance, run_guided
+    from gradleak.attacks.inversion.search import run_guided
     from gradleak.attacks.labels import recover_labels
     from gradleak.data import load_dataset
     from gradleak.metrics import evaluate_images
     from gradleak.models import build_model
-    from gradleak.vision import classifier_accuracy, train_aux_classifier
+    from gradleak.studies.evaluate import evaluate_guidance
     from gradleak.threat import ThreatModel, simulate_client
+    from gradleak.vision import classifier_accuracy, train_aux_classifier
 
     test, public = load_dataset(dataset, "test", data_dir), load_dataset(dataset, "train", data_dir)
     steps = classifier_steps or (300 if dataset == "digits" else 600)

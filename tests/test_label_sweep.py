@@ -6,13 +6,13 @@ import re
 
 import pytest
 
-from gradleak.attacks.labels.sweep import LabelSweepConfig, run_label_sweep, summarise
+from gradleak.studies.label_sweep import LabelSweepConfig, run_label_sweep, summarise
 from gradleak.cli import main
 from gradleak.errors import ConfigError
 
 
 def test_label_sweep_rows_and_summary():
-    cfg = LabelSweepConfig(dataset="digits", model="lenet", batch_sizes=[1, 8], trials=3, methods=["idlg", "ilrg", "llg"])
+    cfg = LabelSweepConfig.of(dataset="digits", model="lenet", batch_sizes=[1, 8], trials=3, methods=["idlg", "ilrg", "llg"])
     rows = run_label_sweep(cfg, progress=False)
     assert len(rows) == 2 * 3 * 3
     idlg_b8 = [r for r in rows if r["method"] == "idlg" and r["batch_size"] == 8]
@@ -49,14 +49,14 @@ def test_trials_take_turns_over_model_initialisations(monkeypatch):
         return recover_labels(obs, "ilrg", aux)
 
     monkeypatch.setitem(strategies._items, "spy", spy)
-    common = dict(dataset="digits", model="lenet", batch_sizes=[4], methods=["spy"], seed=7)
-    rows = run_label_sweep(LabelSweepConfig(trials=5, inits=3, **common), progress=False)
+    common = dict(dataset="digits", model="lenet", batch_sizes=[4], methods=["spy"], seed=7, client_mode="train")
+    rows = run_label_sweep(LabelSweepConfig.of(trials=5, inits=3, **common), progress=False)
     assert [r["model_seed"] for r in rows] == [7, 8, 9, 7, 8]
     assert seen[0] == seen[3] and seen[1] == seen[4] and len(set(seen[:3])) == 3
     digits = load_dataset("digits", "test")
     assert seen[1] == model_fingerprint(build_model("lenet", digits.input_shape, digits.num_classes, seed=8))
     seen.clear()
-    single = run_label_sweep(LabelSweepConfig(trials=2, **common), progress=False)
+    single = run_label_sweep(LabelSweepConfig.of(trials=2, **common), progress=False)
     assert [r["model_seed"] for r in single] == [7, 7] and seen[0] == model_fingerprint(build_model(
         "lenet", digits.input_shape, digits.num_classes, seed=7))
     # the batches do not depend on the inits: trial 0 attacks the same batch with the same model
@@ -66,7 +66,7 @@ def test_trials_take_turns_over_model_initialisations(monkeypatch):
 
 def test_labels_command_writes_csv_and_plot(tmp_path, capsys):
     main(["labels", "--dataset", "digits", "--model", "lenet", "--batch-sizes", "2", "4", "--trials", "2",
-          "--methods", "ilrg,llg", "-q", "--out", str(tmp_path)])
+          "--methods", "ilrg,llg", "--client-mode", "train", "-q", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "ilrg" in out and "random" in out
     assert out.startswith("lenet (dlg init, untrained, train mode) on digits test, fedsgd, 2 trials per batch size, "
@@ -79,7 +79,8 @@ def test_labels_command_writes_csv_and_plot(tmp_path, capsys):
     assert {r["model_seed"] for r in rows} == {"0"}
     assert (tmp_path / "labels.png").read_bytes()[:4] == b"\x89PNG"
     settings = json.loads((tmp_path / "config.json").read_text())
-    assert settings["model"] == "lenet" and settings["init"] is None and settings["batch_sizes"] == [2, 4]
+    assert settings["attack"]["model"] == "lenet" and settings["attack"]["init"] is None
+    assert settings["batch_sizes"] == [2, 4]
 
 
 def test_the_sweep_attacks_the_initialisation_it_is_given():
@@ -87,27 +88,27 @@ def test_the_sweep_attacks_the_initialisation_it_is_given():
     uniformly and the paper's estimate is exact at B = 64 on digits; with DLG's init (the default)
     it recovered 1 of these 4 batches exactly (measured: 0.980 mean accuracy)."""
     common = dict(dataset="digits", model="lenet", batch_sizes=[64], trials=4, methods=["ilrg"])
-    plain = summarise(run_label_sweep(LabelSweepConfig(init="pytorch", **common), progress=False))[0]
-    dlg = summarise(run_label_sweep(LabelSweepConfig(**common), progress=False))[0]
+    plain = summarise(run_label_sweep(LabelSweepConfig.of(init="pytorch", **common), progress=False))[0]
+    dlg = summarise(run_label_sweep(LabelSweepConfig.of(**common), progress=False))[0]
     assert plain["exact"] == 1.0 and dlg["exact"] < 1.0
 
 
 def test_unknown_method_and_oversized_batch_are_errors():
     with pytest.raises(ConfigError, match="choose one of"):
-        run_label_sweep(LabelSweepConfig(dataset="digits", model="lenet", batch_sizes=[1], trials=1, methods=["x"]), False)
+        run_label_sweep(LabelSweepConfig.of(dataset="digits", model="lenet", batch_sizes=[1], trials=1, methods=["x"]), False)
     with pytest.raises(ConfigError, match="do not fit"):
-        run_label_sweep(LabelSweepConfig(dataset="digits", model="lenet", batch_sizes=[10_000], trials=1), False)
+        run_label_sweep(LabelSweepConfig.of(dataset="digits", model="lenet", batch_sizes=[10_000], trials=1), False)
 
 
 @pytest.mark.parametrize("stop, raised", [(KeyboardInterrupt, SystemExit), (RuntimeError, RuntimeError)])
 def test_a_stopped_labels_sweep_keeps_the_rows_it_measured(tmp_path, capsys, monkeypatch, stop, raised):
-    import gradleak.attacks.labels.sweep as sweep
+    import gradleak.studies.label_sweep as sweep
 
     real = sweep.iter_label_sweep
     on_disk_before_the_stop = []
 
-    def stops_after_two_batches(cfg, progress=True):
-        for i, batch in enumerate(real(cfg, progress)):
+    def stops_after_two_batches(cfg, progress=True, done=frozenset()):
+        for i, batch in enumerate(real(cfg, progress, done)):
             if i == 2:  # rows are on disk before the stop: a killed process keeps them too
                 on_disk_before_the_stop.append((tmp_path / "labels.csv").read_text().count("\n") - 1)
                 raise stop()
@@ -129,14 +130,14 @@ def test_a_stopped_labels_sweep_keeps_the_rows_it_measured(tmp_path, capsys, mon
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--trials", "0"], "trials must be a positive integer"),
+    (["--trials", "0"], r"--trials.*0 is not in the range x>=1"),
     (["--batch-sizes", "0"], r"batch sizes must be positive integers, got \[0\]"),
     (["--batch-sizes=-2"], r"got \[-2\]"),
-    (["--update", "fedavg", "--local-steps", "0"], "local steps must be a positive integer"),
-    (["--update", "fedavg", "--local-lr", "-0.1"], "local learning rate must be positive"),
-    (["--trained-steps", "-5"], "training steps must be a non-negative integer"),
-    (["--width", "0"], "model width must be a positive integer"),
-    (["--inits", "0"], "inits must be a positive integer"),
+    (["--update", "fedavg", "--local-steps", "0"], "option local_steps must be at least 1, got 0"),
+    (["--update", "fedavg", "--local-lr", "-0.1"], "option local_lr must be greater than 0, got -0.1"),
+    (["--trained-steps", "-5"], "option trained_steps must be at least 0, got -5"),
+    (["--width", "0"], "option width must be at least 1, got 0"),
+    (["--inits", "0"], r"--inits.*0 is not in the range x>=1"),
 ])
 def test_labels_command_refuses_bad_numbers_with_one_line(tmp_path, capsys, args, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -153,9 +154,10 @@ def test_the_default_meets_the_target_on_real_cifar10(cifar10_dir):
     the default strategy recovers every batch exactly up to B = 128 (700 of 700 batches over seeds
     0–4 in ``gradleak labels --init pytorch --trials 100 --inits 5``). Under DLG's ±0.5 init (the
     LeNet default) it stays above the issue's 0.95 at B = 16 (0.969 on these ten batches, 0.978 over 100)."""
-    common = dict(dataset="cifar10", data_dir=str(cifar10_dir), model="lenet", methods=["ilrg-dummy"], inits=5)
-    plain = summarise(run_label_sweep(LabelSweepConfig(init="pytorch", batch_sizes=[16, 64, 128], trials=10, **common),
+    common = dict(dataset="cifar10", data_dir=str(cifar10_dir), model="lenet", methods=["ilrg-dummy"], inits=5,
+                  client_mode="train")
+    plain = summarise(run_label_sweep(LabelSweepConfig.of(init="pytorch", batch_sizes=[16, 64, 128], trials=10, **common),
                                       progress=False))
     assert [row["exact"] for row in plain] == [1.0, 1.0, 1.0]
-    dlg = summarise(run_label_sweep(LabelSweepConfig(batch_sizes=[16], trials=10, **common), progress=False))[0]
+    dlg = summarise(run_label_sweep(LabelSweepConfig.of(batch_sizes=[16], trials=10, **common), progress=False))[0]
     assert dlg["accuracy"] >= 0.95

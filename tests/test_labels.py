@@ -420,7 +420,7 @@ def test_default_method_is_registered():
 
 
 def test_public_label_aux_reaches_the_strategy_and_the_sweep(monkeypatch):
-    from gradleak.attacks.labels import sweep
+    from gradleak.studies import label_sweep as sweep
     from gradleak.attacks.labels.base import LABEL_STRATEGIES as strategies
     from gradleak.data import load_dataset
 
@@ -431,20 +431,21 @@ def test_public_label_aux_reaches_the_strategy_and_the_sweep(monkeypatch):
         return recover_labels(obs, DEFAULT_METHOD, aux)
 
     monkeypatch.setitem(strategies._items, "spy", spy)
-    cfg = sweep.LabelSweepConfig(dataset="digits", model="lenet", batch_sizes=[8], trials=2, methods=["spy"],
-                                 label_aux="public")
+    cfg = sweep.LabelSweepConfig.of(dataset="digits", model="lenet", batch_sizes=[8], trials=2, methods=["spy"],
+                                    label_aux="public")
     rows = sweep.run_label_sweep(cfg, progress=False)
     public = load_dataset("digits", "train")
     assert len(seen) == 2 and all(a is not None and a.images.shape == public.images.shape for a in seen)
     assert all(r["accuracy"] is not None for r in rows)
     with pytest.raises(ConfigError, match="label_aux"):
-        sweep.run_label_sweep(sweep.LabelSweepConfig(dataset="digits", model="lenet", batch_sizes=[8], trials=1,
-                                                     label_aux="private"), progress=False)
+        sweep.run_label_sweep(sweep.LabelSweepConfig.of(dataset="digits", model="lenet", batch_sizes=[8], trials=1,
+                                                        label_aux="private"), progress=False)
 
 
 def test_attack_pipeline_hands_public_images_to_label_recovery(monkeypatch):
     import gradleak.attacks.labels as labels_module
-    from gradleak.pipeline import AttackConfig, run_attack
+    from gradleak.config import AttackConfig
+    from gradleak.studies.attack import run_attack
 
     seen = []
     real = labels_module.recover_labels
@@ -454,7 +455,7 @@ def test_attack_pipeline_hands_public_images_to_label_recovery(monkeypatch):
         return real(obs, method, aux)
 
     monkeypatch.setattr(labels_module, "recover_labels", spy)
-    result = run_attack(AttackConfig(iterations=2, label_aux="public"), progress=False)
+    result = run_attack(AttackConfig.of(iterations=2, label_aux="public"), progress=False)
     assert len(seen) == 1 and seen[0] is not None and seen[0].images.shape[1:] == (1, 8, 8)
     assert result.summary["label_method"] == DEFAULT_METHOD
 

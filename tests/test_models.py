@@ -10,9 +10,8 @@ import torch
 from gradleak.attacks.labels.base import model_fingerprint
 from gradleak.cli import main
 from gradleak.errors import ConfigError
-from gradleak.experiments.spec import validate_config
 from gradleak.models import DEFAULT_INIT, INITS, MODELS, build_model
-from gradleak.pipeline import AttackConfig
+from gradleak.config import AttackConfig
 
 SHAPE = (3, 32, 32)
 
@@ -59,9 +58,9 @@ def test_he_init_keeps_the_convolutions_signal():
 def test_unknown_init_is_a_config_error_listing_the_choices(capsys):
     with pytest.raises(ConfigError, match="unknown initialisation 'xavier'.*dlg, he, pytorch"):
         build_model("lenet", SHAPE, 10, init="xavier")
-    with pytest.raises(ConfigError, match="unknown initialisation"):
-        validate_config(AttackConfig(init="xavier"))
-    validate_config(AttackConfig(init="pytorch"))
+    with pytest.raises(ConfigError, match="unknown init 'xavier'"):
+        AttackConfig.of(init="xavier")
+    assert AttackConfig.of(init="pytorch").victim.init == "pytorch"
     with pytest.raises(SystemExit) as stop:
         main(["labels", "--dataset", "digits", "--init", "xavier", "-q"])
     assert stop.value.code == 2 and "xavier" in capsys.readouterr().err

@@ -41,6 +41,10 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("gradleak: aborted", err=True)
         _echo_notes(exc)
         sys.exit(130)
+    except click.UsageError as exc:  # one line, like every other user error
+        command = f"gradleak {exc.ctx.command_path.split(' ', 1)[1]}" if exc.ctx and " " in exc.ctx.command_path else "gradleak"
+        click.echo(f"{command}: error: {exc.format_message()} (see --help)", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

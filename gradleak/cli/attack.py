@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..studies.attack import run_attack
-from ..studies.outputs import prepare_output
+from ..studies.outputs import replacing_output
 from . import cli
 from .options import build_config, config_file_option, config_options, overwrite_option, quiet_option
 
@@ -32,8 +32,8 @@ def attack(config_file, out, overwrite, save_update, save_truth, quiet, **params
     from ..studies.checks import check_inputs
 
     check_inputs(cfg)
-    out_dir = prepare_output(out, overwrite)
-    result = run_attack(cfg, out_dir, progress=not quiet, save_update_to=save_update, save_truth=save_truth)
+    with replacing_output(out, overwrite) as staging:
+        result = run_attack(cfg, staging, progress=not quiet, save_update_to=save_update, save_truth=save_truth)
     s = result.summary
     if s.get("search_accuracy") is not None:
         click.echo(f"label search by guidance: {s['search_labels']} accuracy {s['search_accuracy']:.2f} "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..studies.outputs import prepare_output
+from ..studies.outputs import replacing_output
 from ..studies.rounds import RoundsConfig, run_rounds
 from . import cli
 from .options import build_config, config_file_option, config_options, overwrite_option, quiet_option
@@ -24,7 +24,8 @@ def rounds(n_rounds, steps_per_round, config_file, out, overwrite, quiet, **para
     from ..studies.checks import check_inputs
 
     cfg = RoundsConfig(check_inputs(build_config(params, config_file)), n_rounds, steps_per_round)
-    rows = run_rounds(cfg, prepare_output(out, overwrite), progress=not quiet)
+    with replacing_output(out, overwrite) as staging:
+        rows = run_rounds(cfg, staging, progress=not quiet)
     click.echo(f"{'round':>5} {'labels':>7} {'SSIM':>6} {'semantic':>9} {'aggregated':>11} {'label map':>10}")
     for row in rows:
         click.echo(f"{row['round']:>5} {row['label_accuracy']:>7.2f} {row['ssim']:>6.3f} {row['semantic_accuracy']:>9.2f} "

@@ -42,6 +42,13 @@ class LabelSweepConfig:
     # LeNet's accuracy at one B differs by up to 0.03 between inits: one init is not "LeNet".
     inits: int = 1
 
+    @classmethod
+    def of(cls, batch_sizes: Sequence[int] = BATCH_SIZES, trials: int = 10, methods: Sequence[str] = ("all",),
+           inits: int = 1, **options: Any) -> "LabelSweepConfig":
+        """``LabelSweepConfig.of(batch_sizes=[1, 8], trials=3, dataset="digits", client_mode="train")``:
+        the sweep's own settings plus flat attack options."""
+        return cls(AttackConfig.of(**options), list(batch_sizes), trials, list(methods), inits)
+
     def to_dict(self) -> dict[str, Any]:
         return {"attack": self.attack.to_dict(), "batch_sizes": list(self.batch_sizes), "trials": self.trials,
                 "methods": list(self.methods), "inits": self.inits}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -14,12 +18,8 @@ from ..io import write_json
 OUTPUT_MARKERS = ("result.json", "rounds.json", "labels.csv", "config.json", "results.sqlite", "leaks.jsonl")
 
 
-def prepare_output(out: str | Path, overwrite: bool = False) -> Path:
-    """An empty folder to write a study's files to.
-
-    An existing non-empty folder is refused unless ``overwrite``; then it is emptied first, but only
-    when it holds a gradleak output (never a folder of other files), so old and new files never mix.
-    """
+def check_output(out: str | Path, overwrite: bool = False) -> Path:
+    """Refuse an output folder that holds earlier results (unless ``overwrite``) or other files."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"output path {out} exists and is not a folder")
@@ -29,9 +29,33 @@ def prepare_output(out: str | Path, overwrite: bool = False) -> Path:
                               "with -o")
         if not any((out / m).exists() for m in OUTPUT_MARKERS):
             raise ConfigError(f"output folder {out} holds files gradleak did not write; choose another with -o")
+    return out
+
+
+def prepare_output(out: str | Path, overwrite: bool = False) -> Path:
+    """An empty folder to write a study's files to, after :func:`check_output`: with ``overwrite``
+    the earlier results are removed now, so old and new files never mix."""
+    out = check_output(out, overwrite)
+    if out.is_dir() and any(out.iterdir()):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+@contextlib.contextmanager
+def replacing_output(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """A fresh staging folder beside ``out`` to write into; it replaces ``out`` only when the block
+    succeeds, so a failed run neither loses earlier results nor leaves half of new ones."""
+    out = check_output(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_outputs(result, out: Path) -> None:
