@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from gradleak.config import AttackConfig
 from gradleak.errors import ConfigError, DataError, GradleakError
 from gradleak.experiments import (
     Experiment,
@@ -34,7 +35,6 @@ from gradleak.experiments import (
 from gradleak.experiments.report import HELD, NOT_HELD, NOT_MEASURED
 from gradleak.experiments.store import image_rows
 from gradleak.metrics import random_baseline
-from gradleak.pipeline import AttackConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,49 +104,65 @@ def experiment(grid: dict, **base) -> Experiment:
 
 
 def test_job_id_is_a_hash_of_the_sorted_non_default_fields():
-    cfg = AttackConfig(batch_size=2, seed=3, tv=0.0)
+    cfg = AttackConfig.of(batch_size=2, seed=3, tv=0.0)
     canonical = json.dumps({"batch_size": 2, "seed": 3, "tv": 0.0}, sort_keys=True, separators=(",", ":"))
     assert job_id(cfg) == hashlib.sha256(canonical.encode()).hexdigest()[:12]
     # Key order and a round trip do not matter; every field does.
     reordered = dict(reversed(list(cfg.to_dict().items())))
     assert job_id(AttackConfig.from_dict(reordered)) == job_id(cfg)
-    assert job_id(AttackConfig(batch_size=2, seed=4, tv=0.0)) != job_id(cfg)
-    assert job_id(AttackConfig(batch_size=2, seed=3, tv=0.0, iterations=1000)) != job_id(cfg)
-    assert job_id(AttackConfig(tv=0)) == job_id(AttackConfig(tv=0.0))  # one run, one id
-    assert job_id(AttackConfig(model="lenet")) == job_id(AttackConfig())  # a default spelled out
+    assert job_id(AttackConfig.from_dict(cfg.nested())) == job_id(cfg)  # the nested view round-trips too
+    assert job_id(AttackConfig.of(batch_size=2, seed=4, tv=0.0)) != job_id(cfg)
+    assert job_id(AttackConfig.of(batch_size=2, seed=3, tv=0.0, iterations=1000)) != job_id(cfg)
+    assert job_id(AttackConfig.of(tv=0)) == job_id(AttackConfig.of(tv=0.0))  # one run, one id
+    assert job_id(AttackConfig.of(model="lenet")) == job_id(AttackConfig.of())  # a default spelled out
+    assert job_id(AttackConfig()) == job_id(AttackConfig.of())
+
+
+# Ids computed by the pre-refactor code (flat gradleak.pipeline.AttackConfig, commit 6c34cda).
+OLD_IDS = {
+    "44136fa355b3": {},
+    "6f2458a7aaf6": {"batch_size": 2, "seed": 1},
+    "9e0717c5e93c": {"guidance": "oracle", "labeler": "classifier", "tv": 0, "iterations": 20},
+    "36c23cd179b5": {"batch_size": 8, "seed": 1},
+}
+
+
+@pytest.mark.parametrize("old_id, options", list(OLD_IDS.items()))
+def test_job_ids_are_those_of_the_pre_refactor_code(old_id, options):
+    assert job_id(AttackConfig.of(**options)) == old_id
 
 
 def test_job_ids_survive_a_new_option_with_a_default():
-    @dataclass
-    class NewerConfig(AttackConfig):  # what a later gradleak version's config looks like
-        new_option: str = "off"
-
-    assert job_id(NewerConfig(batch_size=8, seed=1)) == job_id(AttackConfig(batch_size=8, seed=1))
-    assert job_id(NewerConfig(batch_size=8, seed=1, new_option="on")) != job_id(AttackConfig(batch_size=8, seed=1))
+    # `threads` came after the flat pre-refactor config: at its default the id is the old one; set, it is new.
+    assert job_id(AttackConfig.of(batch_size=8, seed=1, threads=None)) == "36c23cd179b5"
+    assert job_id(AttackConfig.of(batch_size=8, seed=1, threads=2)) != "36c23cd179b5"
 
 
 def test_grid_expands_to_the_cartesian_product_over_base():
     exp = experiment({"batch_size": [1, 2], "seed": [0, 1, 2]}, iterations=7, tv=0.0)
-    assert [(j.config.batch_size, j.config.seed) for j in exp.jobs] == [
+    assert [(j.config.data.batch_size, j.config.run.seed) for j in exp.jobs] == [
         (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2)]
-    assert all(j.config.iterations == 7 and j.config.tv == 0.0 for j in exp.jobs)
+    assert all(j.config.inversion.iterations == 7 and j.config.inversion.tv == 0.0 for j in exp.jobs)
     assert len({j.id for j in exp.jobs}) == 6
-    assert build_experiment({"base": {"batch-size": 3}}).jobs[0].config.batch_size == 3  # no grid: one job
+    assert build_experiment({"base": {"batch-size": 3}}).jobs[0].config.data.batch_size == 3  # no grid: one job
 
 
 @pytest.mark.parametrize("data, message", [
-    ({"base": {"batch_sise": 2}}, "batch_sise"),
-    ({"grid": {"seeds": [0]}}, "seeds"),
-    ({"bsae": {}}, "bsae"),
+    ({"base": {"batch_sise": 2}}, "unknown option 'batch_sise' (did you mean batch_size?)"),
+    ({"grid": {"seeds": [0]}}, "unknown attack option(s) in experiment grid: seeds"),
+    ({"bsae": {}}, "unknown experiment key(s): bsae"),
     ({"base": {"seed": 1}, "grid": {"seed": [0, 1]}}, "both in base and grid: seed"),
     ({"grid": {"batch_size": []}}, "grid.batch_size must be a non-empty list"),
     ({"grid": {"batch_size": 4}}, "grid.batch_size must be a non-empty list"),
     ({"grid": {"seed": [0, 0]}}, "grid.seed lists a value twice"),
     ({"grid": {"tv": [0, 0.0]}}, "the grid lists the same run twice"),
-    ({"base": {"batch_size": "four"}}, "batch_size must be int"),
-    ({"base": {"iterations": True}}, "iterations must be int or null"),
-    ({"grid": {"model": ["lenet", "lenett"]}}, "unknown model 'lenett'"),
-    ({"base": {"labels": "nope"}}, "unknown label strategy 'nope'"),
+    ({"base": {"batch_size": "four"}}, "option batch_size must be an integer, got 'four'"),
+    ({"base": {"iterations": True}}, "option iterations must be an integer or null, got True"),
+    ({"grid": {"model": ["lenet", "lenett"]}}, "grid point model='lenett': unknown model 'lenett'"),
+    ({"base": {"labels": "nope"}}, "unknown labels 'nope'"),
+    ({"grid": {"tv": [0.0, -1]}}, "grid point tv=-1: option tv must be at least 0, got -1"),
+    ({"base": {"inversion": {"iteratoins": 3}}}, "unknown option 'iteratoins' (did you mean iterations?)"),
+    ({"base": {"data": {"iterations": 3}}}, "option(s) iterations belong to section inversion, not data"),
 ])
 def test_bad_experiments_fail_before_running_with_the_problem_named(data, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -157,26 +173,58 @@ def test_relative_data_dir_resolves_against_the_yaml_folder(tmp_path):
     (tmp_path / "sub").mkdir()
     path = tmp_path / "sub" / "e.yaml"
     path.write_text("base: {dataset: cifar10, data_dir: ../data}\ngrid: {seed: [0, 1]}\n")
+    # The folder is checked before anything runs: missing, the experiment does not load.
+    with pytest.raises(ConfigError, match=re.escape(f"data folder {(tmp_path / 'data').resolve()} does not exist")):
+        load_experiment(path)
+    (tmp_path / "data").mkdir()
     exp = load_experiment(path)
     assert exp.name == "e"
-    assert {j.config.data_dir for j in exp.jobs} == {str((tmp_path / "data").resolve())}
+    assert {j.config.data.data_dir for j in exp.jobs} == {str((tmp_path / "data").resolve())}
     with pytest.raises(ConfigError, match="not found"):
         load_experiment(tmp_path / "missing.yaml")
 
 
-def test_shipped_experiments_parse():
+def test_shipped_experiments_parse(tmp_path):
     small = load_experiment(REPO_ROOT / "experiments" / "seed_claims_small.yaml")
-    full = load_experiment(REPO_ROOT / "experiments" / "seed_claims.yaml")
-    assert {1, 2, 4, 8} <= {j.config.batch_size for j in small.jobs}
-    assert not any(j.config.knows_labels for j in small.jobs + full.jobs)
-    assert len(full.jobs) == 12 and Path(full.jobs[0].config.data_dir).is_absolute()
+    # The full one reads CIFAR-10 from a folder that must exist; any folder will do to parse it.
+    full = load_experiment(REPO_ROOT / "experiments" / "seed_claims.yaml", overrides={"data_dir": str(tmp_path)})
+    assert {1, 2, 4, 8} <= {j.config.data.batch_size for j in small.jobs}
+    assert not any(j.config.threat.knows_labels for j in small.jobs + full.jobs)
+    assert len(full.jobs) == 12 and Path(full.jobs[0].config.data.data_dir).is_absolute()
+    assert {j.config.data.data_dir for j in full.jobs} == {str(tmp_path)}
+
+
+def _cifar_env_dir() -> Path:
+    env = os.environ.get("GRADLEAK_CIFAR10_DIR")
+    if not env or not Path(env).is_dir():
+        pytest.skip("GRADLEAK_CIFAR10_DIR is unset or not a folder")
+    return Path(env)
+
+
+@pytest.mark.parametrize("name", ["seed_claims.yaml", "seed_claims_small.yaml"])
+def test_shipped_experiments_load_with_the_shared_cifar_folder(name):
+    cifar = _cifar_env_dir()
+    exp = load_experiment(REPO_ROOT / "experiments" / name, overrides={"data_dir": str(cifar)})
+    assert exp.jobs and {j.config.data.data_dir for j in exp.jobs} == {str(cifar)}
+    assert not any(j.config.threat.knows_labels for j in exp.jobs)
+
+
+@pytest.mark.parametrize("name", ["seed_claims.yaml", "seed_claims_small.yaml"])
+def test_shipped_experiments_load_with_the_cifar_folder_from_the_environment_alone(name):
+    from gradleak.data.cifar10 import resolve_cifar10_dir
+
+    cifar = _cifar_env_dir()
+    exp = load_experiment(REPO_ROOT / "experiments" / name, overrides={"data_dir": None})
+    assert exp.jobs and {j.config.data.data_dir for j in exp.jobs} == {None}
+    if exp.jobs[0].config.data.dataset == "cifar10":  # such runs read $GRADLEAK_CIFAR10_DIR
+        assert resolve_cifar10_dir(None, download=False).resolve() == resolve_cifar10_dir(cifar, download=False).resolve()
 
 
 # -- the store ----------------------------------------------------------------------------------------
 
 
 def test_store_round_trip_keeps_unknown_keys_and_maps_images_to_their_originals(tmp_path):
-    cfg = AttackConfig(batch_size=3, seed=1).to_dict()
+    cfg = AttackConfig.of(batch_size=3, seed=1).to_dict()
     summary = synthetic_summary(cfg, {"semantic_accuracy": 0.5, "guidance_mode": "oracle",
                                       "per_image_semantic": [1, 0, 1], "matching_loss": float("nan")})
     with ResultStore(tmp_path) as store:
@@ -197,7 +245,7 @@ def test_store_round_trip_keeps_unknown_keys_and_maps_images_to_their_originals(
 
 
 def test_store_rewrite_replaces_a_run_and_its_images(tmp_path):
-    cfg = AttackConfig(batch_size=4).to_dict()
+    cfg = AttackConfig.of(batch_size=4).to_dict()
     with ResultStore(tmp_path) as store:
         store.record("r1", cfg, error="RuntimeError: boom")
         assert store.statuses() == {"r1": "failed"} and store.images() == []
@@ -205,7 +253,7 @@ def test_store_rewrite_replaces_a_run_and_its_images(tmp_path):
         store.record("r1", cfg, summary=synthetic_summary(cfg))
         assert store.execute("SELECT COUNT(*), status, error FROM runs") == [(1, "done", None)]
         assert store.execute("SELECT COUNT(*) FROM images") == [(4,)]
-        smaller = synthetic_summary(AttackConfig(batch_size=2).to_dict())
+        smaller = synthetic_summary(AttackConfig.of(batch_size=2).to_dict())
         store.record("r1", cfg, summary=smaller)
         assert store.execute("SELECT COUNT(*) FROM images WHERE run_id = 'r1'") == [(2,)]
         with pytest.raises(ValueError):
@@ -231,12 +279,12 @@ def test_resume_skips_done_runs_and_retries_failed_ones(tmp_path):
         failed = store.runs(status="failed")
     assert sorted(r.config["batch_size"] for r in failed) == [1, 2]
     assert {r.error for r in failed} == {"RuntimeError: synthetic failure"}  # one line
-    assert all((tmp_path / "runs" / j.id / "grid.png").is_file() for j in exp.jobs if j.config.seed == 0)
+    assert all((tmp_path / "runs" / j.id / "grid.png").is_file() for j in exp.jobs if j.config.run.seed == 0)
 
     CALLS.clear()
     second = run_sweep(exp, tmp_path, job_fn=counting_job, progress=False)
     assert (second.done, second.failed, second.skipped, second.retried) == (2, 0, 2, 2)
-    assert sorted(CALLS) == sorted(j.id for j in exp.jobs if j.config.seed == 1)
+    assert sorted(CALLS) == sorted(j.id for j in exp.jobs if j.config.run.seed == 1)
 
     CALLS.clear()
     third = run_sweep(exp, tmp_path, job_fn=counting_job, progress=False)
@@ -386,7 +434,7 @@ def _sweep_synthetic(out: Path, extra_for=None) -> None:
 def test_report_states_the_claims_and_marks_missing_data(tmp_path):
     _sweep_synthetic(tmp_path)
     with ResultStore(tmp_path) as store:
-        store.record("bad", AttackConfig(batch_size=2).to_dict(), error="DataError: no such folder")
+        store.record("bad", AttackConfig.of(batch_size=2).to_dict(), error="DataError: no such folder")
     report = build_report(tmp_path)
     verdicts = [c.verdict for c in report.claims]
     assert verdicts == [HELD, HELD, NOT_MEASURED, NOT_MEASURED]
@@ -430,11 +478,11 @@ def test_oracle_claim_pairs_runs_that_differ_only_in_guidance(tmp_path):
     with ResultStore(tmp_path) as store:
         for seed in (0, 1):
             for mode, ssim in (("none", 0.40), ("oracle", 0.55)):
-                cfg = {**AttackConfig(batch_size=2, seed=seed).to_dict(), "guidance": mode,
+                cfg = {**AttackConfig.of(batch_size=2, seed=seed).to_dict(), "guidance": mode,
                        "guidance_weight": 0.0 if mode == "none" else 0.1}
                 store.record(f"{mode}{seed}", cfg, summary={**synthetic_summary(cfg), "ssim": ssim + 0.01 * seed})
         # An unpaired oracle run (no 'none' twin) must not count.
-        lone = {**AttackConfig(batch_size=2, seed=9).to_dict(), "guidance": "oracle"}
+        lone = {**AttackConfig.of(batch_size=2, seed=9).to_dict(), "guidance": "oracle"}
         store.record("lone", lone, summary={**synthetic_summary(lone), "ssim": 0.0})
     report = build_report(tmp_path)
     claim = report.claims[3]
@@ -470,8 +518,81 @@ def test_cli_reports_a_bad_experiment_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["sweep", str(path), "--out", str(tmp_path / "o")])
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err.strip() == "gradleak: error: unknown attack option(s) in experiment: batch_sise"
+    assert capsys.readouterr().err.strip() == "gradleak: error: unknown attack option(s) in experiment grid: batch_sise"
     assert not (tmp_path / "o").exists()
+
+
+def test_a_misspelt_name_in_the_grid_fails_at_once_naming_the_grid_point(tmp_path, capsys):
+    from gradleak.cli import main
+
+    path = tmp_path / "typo.yaml"
+    path.write_text("name: typo\nbase: {dataset: digits, model: lenet, iterations: 3}\n"
+                    "grid: {batch_size: [1, 2], guidance: [none, oracel]}\n")
+    with pytest.raises(ConfigError) as info:
+        load_experiment(path)
+    message = str(info.value)
+    # The first bad point of the product (B = 1, oracel), named with the value and the choices.
+    assert message == ("grid point batch_size=1, guidance='oracel': unknown guidance 'oracel'; "
+                       "choose one of: none, oracle, search")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (tmp_path / "out", empty):
+        started = time.monotonic()
+        with pytest.raises(SystemExit) as exit_info:
+            main(["sweep", str(path), "--out", str(out), "-q"])
+        assert time.monotonic() - started < 10
+        assert exit_info.value.code == 2
+        captured = capsys.readouterr()
+        assert captured.err.strip() == f"gradleak: error: {message}"  # one line, no traceback
+        assert captured.out == ""
+    assert not (tmp_path / "out").exists()  # nothing ran: no folder, no store, no rows
+    assert list(empty.iterdir()) == []
+
+
+OLD_STORE = Path(__file__).resolve().parent / "data" / "old_store"
+
+
+def test_a_store_written_before_the_refactor_resumes_with_every_run_skipped(tmp_path, capsys):
+    """tests/data/old_store: results.sqlite and experiment.yaml of tiny.yaml (2 runs, both done),
+    written by the pre-refactor code; the ids did not change, so nothing is rerun."""
+    from gradleak.cli import main
+
+    out = tmp_path / "old_store"
+    shutil.copytree(OLD_STORE, out)
+    exp = load_experiment(out / "tiny.yaml")
+    with ResultStore(out) as store:
+        before = {r.id: r.finished_at for r in store.runs(status="done")}
+    assert sorted(before) == sorted(j.id for j in exp.jobs) == ["14c6383017e6", "6ebd61da8a2c"]
+
+    CALLS.clear()
+    summary = run_sweep(exp, out, job_fn=counting_job, progress=False)
+    assert (summary.total, summary.done, summary.failed, summary.skipped, summary.retried) == (2, 0, 0, 2, 0)
+    assert CALLS == []
+
+    main(["sweep", str(out / "tiny.yaml"), "--out", str(out), "-q"])  # the real job function, through the CLI
+    stdout = capsys.readouterr().out
+    assert "old-tiny: 2 runs: 2 done already (skipped), 0 to run" in stdout
+    assert "0 run(s) finished, 0 failed, 2 skipped" in stdout
+    with ResultStore(out) as store:
+        after = {r.id: r.finished_at for r in store.runs()}
+        assert store.statuses() == {j.id: "done" for j in exp.jobs}
+    assert after == before  # no run was redone
+
+
+def test_a_base_nested_by_section_gives_the_job_ids_of_the_flat_form(tmp_path):
+    grid = {"batch_size": [1, 2], "seed": [0, 1]}
+    flat = build_experiment({"base": {"iterations": 3, "dataset": "digits"}, "grid": grid})
+    nested = build_experiment({"base": {"inversion": {"iterations": 3}, "data": {"dataset": "digits"}}, "grid": grid})
+    mixed = build_experiment({"base": {"inversion": {"iterations": 3}, "dataset": "digits"}, "grid": grid})
+    path = tmp_path / "nested.yaml"
+    path.write_text("base:\n  inversion: {iterations: 3}\n  data: {dataset: digits}\ngrid: {batch_size: [1, 2], seed: [0, 1]}\n")
+    from_yaml = load_experiment(path)
+    # The ids the pre-refactor code gave the flat form.
+    old = ["6f461b0b0d0f", "3dfe57abc8b0", "2ec31a523699", "46b72e666bed"]
+    for exp in (flat, nested, mixed, from_yaml):
+        assert [j.id for j in exp.jobs] == old
+        assert [j.config for j in exp.jobs] == [j.config for j in flat.jobs]
+        assert exp.base == {"iterations": 3, "dataset": "digits"}
 
 
 def test_report_renders_in_headless_chromium(tmp_path):

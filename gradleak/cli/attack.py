@@ -29,9 +29,6 @@ def attack(config_file, out, overwrite, save_update, save_truth, quiet, **params
     cfg = build_config(params, config_file)
     if save_truth and not save_update:
         raise click.UsageError("--save-truth needs --save-update FILE")
-    from ..studies.checks import check_inputs
-
-    check_inputs(cfg)
     with replacing_output(out, overwrite) as staging:
         result = run_attack(cfg, staging, progress=not quiet, save_update_to=save_update, save_truth=save_truth)
     s = result.summary

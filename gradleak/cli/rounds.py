@@ -21,9 +21,7 @@ from .options import build_config, config_file_option, config_options, overwrite
 @quiet_option
 def rounds(n_rounds, steps_per_round, config_file, out, overwrite, quiet, **params) -> None:
     """Attack one client over several rounds; aggregate labels and recover the label map."""
-    from ..studies.checks import check_inputs
-
-    cfg = RoundsConfig(check_inputs(build_config(params, config_file)), n_rounds, steps_per_round)
+    cfg = RoundsConfig(build_config(params, config_file), n_rounds, steps_per_round)
     with replacing_output(out, overwrite) as staging:
         rows = run_rounds(cfg, staging, progress=not quiet)
     click.echo(f"{'round':>5} {'labels':>7} {'SSIM':>6} {'semantic':>9} {'aggregated':>11} {'label map':>10}")

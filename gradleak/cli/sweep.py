@@ -19,18 +19,21 @@ from . import cli
 @click.option("--backend", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="Where runs execute; ray needs the 'ray' extra.")
 @click.option("--address", default=None,
-              help="Ray cluster address (e.g. ray://head:10001 or auto); default: start a local Ray instance.")
+              help="Ray cluster address (e.g. ray://head:10001 or auto); default: start a local Ray instance "
+                   "listening on 127.0.0.1 only.")
+@click.option("--data-dir", type=click.Path(), default=None,
+              help="CIFAR-10 folder for every run (overrides the file's data_dir; default: $GRADLEAK_CIFAR10_DIR).")
 @click.option("--report/--no-report", "make_report", default=False, show_default=True,
               help="Write DIR/report.html when the sweep ends.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def sweep(experiment, out, workers, backend, address, make_report, quiet) -> None:
+def sweep(experiment, out, workers, backend, address, data_dir, make_report, quiet) -> None:
     """Run every attack of EXPERIMENT.yaml (base: options, grid: option → values) not yet done in --out.
 
     Rerunning skips finished runs and retries failed ones; a killed sweep loses only the runs in flight.
     """
     from ..experiments import load_experiment, run_sweep
 
-    exp = load_experiment(experiment)
+    exp = load_experiment(experiment, overrides={"data_dir": data_dir} if data_dir else None)
     out_dir = Path(out) if out else Path("runs") / exp.name
     summary = run_sweep(exp, out_dir, workers=workers, backend=backend, address=address,
                         progress=not quiet, echo=click.echo)

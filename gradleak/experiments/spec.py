@@ -72,6 +72,12 @@ def job_id(cfg: AttackConfig) -> str:
     return hashlib.sha256(canonical_json(identity(cfg)).encode()).hexdigest()[:12]
 
 
+def _normalise_keys(section: dict[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where} must be a mapping of option: value")
+    return {str(k).replace("-", "_"): v for k, v in section.items()}
+
+
 def expand_grid(base: dict[str, Any], grid: dict[str, list[Any]]) -> list[AttackConfig]:
     """The cartesian product of ``grid`` over ``base``, in the order the grid lists its options;
     every point is validated (one-line error naming the grid point) before anything runs."""

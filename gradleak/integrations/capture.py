@@ -2,7 +2,10 @@
 
 :class:`CapturedUpdate` is everything an honest-but-curious server holds after one node's
 reply: the weights θ it sent, the weights θ' that came back, its own training config and the
-reply's metrics. It saves to and loads from one ``.npz``.
+reply's metrics. :meth:`CapturedUpdate.model_and_update` turns it into the global model and the
+client's update Δ = θ' − θ; :func:`save_capture` writes both in gradleak's one recorded-update
+format (:mod:`gradleak.threat.io`, safetensors: nothing is unpickled when it is read), with the
+weights θ, so that ``gradleak attack --observed-update FILE`` replays it.
 
 Ground truth (for scoring, never for attacking): only a simulation knows the client's private
 batch. Demo clients leave it with :func:`write_ground_truth` in a folder that
@@ -12,16 +15,21 @@ function receives the captured weights and nothing else.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..io import atomic_path
+from ..threat import ClientUpdate
+from .weights import LocalSchedule, TaskSpec, load_weights, update_from_weights
+
+if TYPE_CHECKING:
+    from ..config import AttackConfig
 
 
 @dataclass
@@ -43,41 +51,73 @@ class CapturedUpdate:
         value = self.metrics.get(key)
         return int(value) if value is not None else None
 
-    def save(self, path: str | Path) -> Path:
-        """Write the capture as one ``.npz`` (arrays) with its metadata as JSON inside, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {f"global/{k}": v for k, v in self.global_weights.items()}
-        arrays.update({f"client/{k}": v for k, v in self.client_weights.items()})
-        meta = {"server_round": self.server_round, "node_id": self.node_id, "train_config": self.train_config,
-                "metrics": self.metrics, "order": list(self.global_weights)}
-        with atomic_path(path) as tmp:
-            np.savez(tmp, __meta__=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-        return path
+    def model_and_update(self, task: TaskSpec, schedule: LocalSchedule = LocalSchedule()
+                         ) -> tuple[nn.Module, ClientUpdate]:
+        """The global model with θ and the BN buffers the server sent (it knows both: it sent them),
+        and the client's FedAvg update Δ = θ' − θ with the local schedule read from the server's own
+        training config. Whether the attacker may use that schedule is the threat model's call."""
+        model = load_weights(task.build_model(), self.global_weights, with_buffers=True)
+        lr, steps, mb = schedule.read(self.train_config)
+        return model, update_from_weights(model, self.global_weights, self.client_weights, lr, steps, mb)
 
-    @classmethod
-    def load(cls, path: str | Path) -> "CapturedUpdate":
-        with np.load(Path(path), allow_pickle=False) as data:
-            meta = json.loads(bytes(data["__meta__"]).decode())
-            order = meta["order"]
-            return cls(meta["server_round"], meta["node_id"],
-                       {k: data[f"global/{k}"] for k in order}, {k: data[f"client/{k}"] for k in order},
-                       meta["train_config"], meta["metrics"])
+
+def capture_path(folder: str | Path, server_round: int, node_id: int) -> Path:
+    """Where the capture of ``node_id`` in ``server_round`` is saved under ``folder``."""
+    return Path(folder) / f"round{int(server_round):03d}-node{int(node_id)}.safetensors"
+
+
+def capture_facts(capture: CapturedUpdate, task: TaskSpec, client_mode: str) -> dict[str, Any]:
+    """The task facts a saved capture carries beside the fingerprint (those ``gradleak attack`` writes,
+    plus where the capture came from)."""
+    return {"dataset": task.dataset, "model": task.model, "width": task.width, "input_shape": list(task.input_shape),
+            "num_classes": task.num_classes, "batch_size": capture.num_examples(), "client_mode": client_mode,
+            "mean": list(task.mean) if task.mean is not None else None,
+            "std": list(task.std) if task.std is not None else None,
+            "class_names": list(task.class_names) or None,
+            "server_round": capture.server_round, "node_id": capture.node_id}
+
+
+def save_capture(path: str | Path, capture: CapturedUpdate, task: TaskSpec, cfg: "AttackConfig",
+                 schedule: LocalSchedule = LocalSchedule(),
+                 truth: tuple[torch.Tensor, torch.Tensor] | None = None) -> Path:
+    """Write ``capture`` as a recorded update (:func:`gradleak.threat.io.save_update`) with the global
+    weights θ, so that it replays with ``gradleak attack --observed-update PATH --dataset D --model M``;
+    ``truth`` (the evaluator's private batch) is stored too when given, so that the replay is scored."""
+    from ..studies.client import set_client_mode
+    from ..threat.io import save_update
+
+    model, update = capture.model_and_update(task, schedule)
+    set_client_mode(model, cfg.client.client_mode)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_update(path, update, model, facts=capture_facts(capture, task, cfg.client.client_mode),
+                       truth=truth, with_weights=True)
 
 
 def truth_path(folder: str | Path, server_round: int, node_id: int) -> Path:
     """Where the private batch of ``node_id`` in ``server_round`` is written."""
-    return Path(folder) / f"round{int(server_round):03d}-node{int(node_id)}.npz"
+    return Path(folder) / f"round{int(server_round):03d}-node{int(node_id)}.safetensors"
 
 
 def write_ground_truth(folder: str | Path, server_round: int, node_id: int,
                        images: torch.Tensor, labels: torch.Tensor) -> Path:
     """Demo clients only: leave the private batch where the evaluator (not the attacker) reads it."""
+    from safetensors.torch import save_file
+
     path = truth_path(folder, server_round, node_id)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"images": images.detach().cpu().float().contiguous(), "labels": labels.detach().cpu().long().contiguous()}
     with atomic_path(path) as tmp:
-        np.savez(tmp, images=images.detach().cpu().numpy(), labels=labels.detach().cpu().numpy())
+        save_file(tensors, str(tmp))
     return path
+
+
+def read_ground_truth(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (images, labels) :func:`write_ground_truth` wrote to ``path``."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    return tensors["images"], tensors["labels"].long()
 
 
 class GroundTruth(Protocol):
@@ -98,8 +138,8 @@ class GroundTruthFolder:
             time.sleep(0.1)
         if not path.is_file():
             return None
-        with np.load(path, allow_pickle=False) as data:
-            return torch.from_numpy(data["images"]), torch.from_numpy(data["labels"]).long()
+        return read_ground_truth(path)
 
 
-__all__ = ["CapturedUpdate", "GroundTruth", "GroundTruthFolder", "truth_path", "write_ground_truth"]
+__all__ = ["CapturedUpdate", "GroundTruth", "GroundTruthFolder", "capture_facts", "capture_path", "read_ground_truth",
+           "save_capture", "truth_path", "write_ground_truth"]

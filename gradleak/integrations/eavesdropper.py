@@ -15,6 +15,11 @@ lr/steps are read from the training config the server itself sent and are used o
 ``num-examples`` metric every FedAvg reply carries. Labels are never granted: they are recovered
 from the update. The ground truth scores an attack after it has finished; the attack function
 receives the captured weights and nothing else.
+
+With ``save_captures`` every capture is also written, whatever became of its attack, as a
+recorded-update file (:func:`~gradleak.integrations.capture.save_capture`: θ, Δ, the schedule and
+the task's facts, plus the evaluator's ground truth when it has it) that ``gradleak attack
+--observed-update`` replays.
 """
 
 from __future__ import annotations
@@ -31,14 +36,14 @@ import torch
 from ..errors import ConfigError, UpdateError
 from ..config import AttackConfig
 from ..studies.attack import AttackOutcome, AttackResult, attack_observation
-from ..studies.client import threat_model
+from ..studies.client import set_client_mode, threat_model
 from ..studies.evaluate import evaluate_outcome
 from ..studies.outputs import write_outputs
 from ..studies.side import AttackerSide
 from ..threat import Observation
-from .capture import CapturedUpdate, GroundTruth
+from .capture import CapturedUpdate, GroundTruth, capture_path, save_capture
 from .offpath import JobRecord, OffPathRunner
-from .weights import LocalSchedule, TaskSpec, load_weights, update_from_weights
+from .weights import LocalSchedule, TaskSpec
 
 # --------------------------------------------------------------------------------------------
 # The attacker's view of one capture, and its attack
@@ -49,11 +54,8 @@ def observe_capture(capture: CapturedUpdate, task: TaskSpec, cfg: AttackConfig,
     """The attacker's view of one capture under the threat model of ``cfg``."""
     if cfg.threat.knows_labels:
         raise ConfigError("a Flower server never sees client labels; knows_labels is not supported here")
-    # The server sent θ and the BN buffers itself, so it always knows both.
-    model = load_weights(task.build_model(), capture.global_weights, with_buffers=True)
-    model.train()  # the example clients train in train mode, and the server ships their training code
-    lr, steps, mb = schedule.read(capture.train_config)
-    update = update_from_weights(model, capture.global_weights, capture.client_weights, lr, steps, mb)
+    model, update = capture.model_and_update(task, schedule)  # θ and the BN buffers: the server sent them
+    set_client_mode(model, cfg.client.client_mode)  # the clients' train/eval mode: the server ships their code
     return threat_model(cfg).observe(model, update, task.input_shape, task.num_classes, task.mean, task.std,
                                      batch_size=capture.num_examples(), class_names=list(task.class_names) or None)
 
@@ -90,6 +92,7 @@ class LeakRecord:
     ssim: float | None = None
     psnr: float | None = None
     grid: str | None = None
+    capture: str | None = None  # the saved capture (a recorded-update file), when captures are saved
     attack_seconds: float | None = None
     num_examples: int | None = None
     lr: float | None = None
@@ -145,7 +148,7 @@ class StoreSink:
         run_id = f"flower/{self.run_tag}/round{record.server_round:03d}/node{record.node_id}"
         summary = dict(record.summary) if record.status == "done" else None
         if summary is not None:
-            summary.update(grid=record.grid, status=record.status)
+            summary.update(grid=record.grid, capture=record.capture, status=record.status)
         error = None if summary is not None else f"{record.status}: {record.error}"
         with self._lock:  # sqlite connections stay in the thread that made them: one per write
             with ResultStore(self.path) as store:
@@ -173,7 +176,8 @@ def read_leaks(path: str | Path) -> list[LeakRecord]:
 class EavesdropConfig:
     """How the eavesdropper runs: the attack and threat model, the bounds, and where results go."""
 
-    attack: AttackConfig = field(default_factory=AttackConfig)
+    # client_mode train: Flower clients train with model.train(); set eval if yours do not.
+    attack: AttackConfig = field(default_factory=lambda: AttackConfig.of(client_mode="train"))
     schedule: LocalSchedule = field(default_factory=LocalSchedule)
     timeout_s: float = 300.0  # per attack
     max_pending: int = 4  # queued attacks beyond this are skipped, never waited for
@@ -181,7 +185,7 @@ class EavesdropConfig:
     isolation: str = "process"  # "process" (killable on timeout) | "thread"
     attack_threads: int | None = 1  # torch threads in the attack process (tiny models: 1 is fastest)
     out_dir: Path | None = None  # grids, captures, leaks.jsonl
-    save_captures: bool = False
+    save_captures: bool = False  # write every capture to out_dir/captures as a recorded-update file
 
 
 # Imported by attack workers before they take jobs, so imports never count against a timeout.
@@ -230,8 +234,6 @@ class Eavesdropper:
         try:
             with self._lock:
                 self._captures[capture.key] = capture
-            if self.config.save_captures and self.out_dir is not None:
-                capture.save(self.out_dir / "captures" / f"round{capture.server_round:03d}-node{capture.node_id}.npz")
             return self._runner.submit(capture.key, self.attack_fn, capture, self.task, self.config.attack,
                                        self.config.schedule)
         except Exception as exc:  # noqa: BLE001 - the federation must go on
@@ -253,13 +255,24 @@ class Eavesdropper:
             capture = self._captures.pop(job.key, None)
         server_round, node_id = job.key
         record = LeakRecord(server_round, node_id, job.status, job.error, attack_seconds=job.seconds or None)
+        truth, truth_error = None, None
         if capture is not None:
             lr, steps, _ = self.config.schedule.read(capture.train_config)
             record.num_examples, record.lr, record.local_steps = capture.num_examples(), lr, steps
+            # The evaluator's side channel, read only now that the attack is over.
+            if self.ground_truth is not None and (job.status == "done" or self._saves_captures):
+                try:
+                    truth = self.ground_truth(capture)
+                except Exception as exc:  # noqa: BLE001
+                    truth_error = f"{type(exc).__name__}: {exc}"
+            if self._saves_captures:
+                self._save_capture(record, capture, truth)
         if job.status == "done":
             try:
+                if truth_error is not None:
+                    raise UpdateError(f"ground truth unreadable: {truth_error}")
                 with self._score_lock:
-                    self._score(record, capture, job.result)
+                    self._score(record, job.result, truth)
             except Exception as exc:  # noqa: BLE001 - a scoring failure is a result, not a crash
                 record.status, record.error = "failed", f"scoring failed: {type(exc).__name__}: {exc}"
         config = {"attack": self.config.attack.to_dict(), "task": asdict(self.task),
@@ -273,12 +286,26 @@ class Eavesdropper:
             except Exception:  # noqa: BLE001
                 traceback.print_exc()
 
-    def _score(self, record: LeakRecord, capture: CapturedUpdate | None, outcome: AttackOutcome) -> None:
+    @property
+    def _saves_captures(self) -> bool:
+        return self.config.save_captures and self.out_dir is not None
+
+    def _save_capture(self, record: LeakRecord, capture: CapturedUpdate,
+                      truth: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        """Save the capture, whatever became of its attack, with the ground truth when the evaluator has it."""
+        try:
+            path = capture_path(self.out_dir / "captures", capture.server_round, capture.node_id)
+            record.capture = str(save_capture(path, capture, self.task, self.config.attack, self.config.schedule,
+                                              truth))
+        except Exception:  # noqa: BLE001 - a capture that cannot be saved must not lose the record
+            traceback.print_exc()
+
+    def _score(self, record: LeakRecord, outcome: AttackOutcome,
+               truth: tuple[torch.Tensor, torch.Tensor] | None) -> None:
         from ..viz import save_grid  # matplotlib: imported only when a result is scored
 
         record.recovered_labels = [int(v) for v in outcome.labels.tolist()]
         record.label_method = outcome.label_method
-        truth = self.ground_truth(capture) if (self.ground_truth is not None and capture is not None) else None
         folder = (self.out_dir / f"round{record.server_round:03d}" / f"node{record.node_id}"
                   if self.out_dir is not None else None)
         if folder is not None:

@@ -31,6 +31,7 @@ class TaskSpec:
     std: tuple[float, ...] | None
     class_names: tuple[str, ...] = ()
     width: int | None = None
+    dataset: str | None = None  # the registered dataset, when the task is one (recorded in saved captures)
 
     @classmethod
     def from_dataset(cls, dataset: str, model: str, width: int | None = None,
@@ -40,7 +41,7 @@ class TaskSpec:
 
         data = load_dataset(dataset, "test", data_dir)
         return cls(model, data.input_shape, data.num_classes, data.mean, data.std,
-                   tuple(data.class_names), width)
+                   tuple(data.class_names), width, dataset)
 
     def build_model(self) -> nn.Module:
         from ..models import build_model

@@ -4,7 +4,7 @@
 image shows its guidance class. Two guides, one registry (:data:`GUIDES`):
 
 - ``clip``: ``L_CLIP(x̂_i, c_i) = 1 − cos(E_img(x̂_i), E_txt("image of a {c_i}"))`` through a
-  differentiable resize to CLIP's input and CLIP's normalisation (ALGORITHMS.md, "CLIP terms").
+  differentiable resize to CLIP's input and CLIP's normalisation (docs/ALGORITHMS.md, "CLIP terms").
 - ``classifier``: ``CE(aux(x̂_i), c_i)`` of an auxiliary classifier the attacker trained on PUBLIC
   data (:func:`gradleak.vision.train_public_classifier`): the offline stand-in for CLIP (no weights
   to download).

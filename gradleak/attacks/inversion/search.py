@@ -9,7 +9,7 @@ Modes (:data:`GUIDANCE_MODES`):
   (:func:`~gradleak.attacks.inversion.batched.invert_batched`); the candidate whose final
   ``L_grad`` is lowest gives the recovered labels and the kept reconstruction. The guidance term is
   never compared (each candidate biases it toward its own class); adding the TV prior
-  (``selection="matching+prior"``, ALGORITHMS.md's "(+ TV)") is an option, not the default: over
+  (``selection="matching+prior"``, docs/ALGORITHMS.md's "(+ TV)") is an option, not the default: over
   the digits and CIFAR-10 settings measured it was never more accurate and usually less (e.g. digits,
   B = 1, 200 iterations: 0.80 by L_grad vs 0.70 by L_grad + TV over 20 batches).
 

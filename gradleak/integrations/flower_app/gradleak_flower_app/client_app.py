@@ -12,7 +12,7 @@ from flwr.clientapp import ClientApp
 
 from gradleak.integrations.capture import write_ground_truth
 
-from .task import client_batch, normalize, task_spec
+from .task import client_batch, normalize, option, task_spec
 
 app = ClientApp()
 
@@ -31,9 +31,9 @@ def train(msg: Message, context: Context) -> Message:
     server_round, lr, steps = int(config["server-round"]), float(config["lr"]), int(config["local-steps"])
     pid, parts = _partition(context)
     x, y = client_batch(str(rc["dataset"]), pid, parts, server_round, int(rc["batch-size"]), int(rc["seed"]),
-                        str(rc.get("data-dir") or "") or None)
+                        option(rc, "data-dir"))
 
-    model.train()
+    model.train()  # the server's attack config says so too (client_mode train, task.attack_config)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     for _ in range(steps):  # every step on the whole batch: one step is FedSGD
         opt.zero_grad()
@@ -57,8 +57,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     model = spec.build_model()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     pid, parts = _partition(context)
-    x, y = client_batch(str(rc["dataset"]), pid, parts, 0, 64, int(rc["seed"]),
-                        str(rc.get("data-dir") or "") or None, split="test")
+    x, y = client_batch(str(rc["dataset"]), pid, parts, 0, 64, int(rc["seed"]), option(rc, "data-dir"), split="test")
     model.eval()
     with torch.no_grad():
         logits = model(normalize(x, spec))

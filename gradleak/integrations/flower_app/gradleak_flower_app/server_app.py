@@ -1,7 +1,8 @@
 """A FedAvg server that also eavesdrops: every client update is attacked off the round's path.
 
 The only change from a plain Flower ServerApp is ``eavesdrop(FedAvg(...), ...)`` around the
-strategy and ``eavesdropper.close(...)`` at the end.
+strategy and ``eavesdropper.close(...)`` at the end. The attack's options come from the run
+config under gradleak's own option names (``task.attack_config``).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from gradleak.integrations.capture import GroundTruthFolder
-from gradleak.integrations.eavesdropper import AttackConfig, EavesdropConfig, store_sinks
+from gradleak.integrations.eavesdropper import EavesdropConfig, store_sinks
 from gradleak.integrations.flower import eavesdrop
 from gradleak.models import build_model
 
-from .task import task_spec
+from .task import attack_config, task_spec
 
 app = ServerApp()
 
@@ -26,15 +27,11 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
+    cfg = attack_config(rc)
     spec = task_spec(rc)
     nodes = int(rc["min-nodes"])
-    attack = AttackConfig(
-        dataset=str(rc["dataset"]), model=str(rc["model"]), attack=str(rc["attack"]),
-        iterations=int(rc["iterations"]), seed=int(rc["seed"]),
-        knows_local_schedule=bool(rc["knows-local-schedule"]),
-    )
     out_dir = Path(str(rc["out-dir"])) if rc.get("out-dir") else None
-    config = EavesdropConfig(attack=attack, timeout_s=float(rc["attack-timeout"]),
+    config = EavesdropConfig(attack=cfg, timeout_s=float(rc["attack-timeout"]),
                              max_pending=int(rc["max-pending"]), out_dir=out_dir,
                              isolation=str(rc["attack-isolation"]), save_captures=bool(rc["save-captures"]))
     # Evaluator only: the demo clients leave their private batch here; the attack never reads it.
@@ -44,14 +41,15 @@ def main(grid: Grid, context: Context) -> None:
                min_train_nodes=nodes, min_evaluate_nodes=nodes, min_available_nodes=nodes),
         spec, config, ground_truth=truth, sinks=store_sinks(str(rc.get("store") or ""), run_tag=str(context.run_id)),
     )
-    initial = build_model(spec.model, spec.input_shape, spec.num_classes, spec.width, seed=int(rc["seed"]),
-                          init=str(rc.get("init") or "") or None)
+    initial = build_model(spec.model, spec.input_shape, spec.num_classes, spec.width, seed=cfg.run.seed,
+                          init=cfg.victim.init)
     try:
         strategy.start(
             grid=grid,
             initial_arrays=ArrayRecord(initial.state_dict()),
             num_rounds=int(rc["num-server-rounds"]),
-            train_config=ConfigRecord({"lr": float(rc["lr"]), "local-steps": int(rc["local-steps"])}),
+            # The keys the clients read, and the eavesdropper's LocalSchedule reads back.
+            train_config=ConfigRecord({"lr": cfg.client.local_lr, "local-steps": cfg.client.local_steps}),
         )
     finally:
         # The rounds are over; give queued attacks their time, then report.

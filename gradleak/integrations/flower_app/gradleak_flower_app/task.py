@@ -1,4 +1,9 @@
-"""The task both sides share: the model, and each client's deterministic private data."""
+"""The task both sides share: the model, each client's deterministic private data, and the server's
+attack config, all read from the run config.
+
+Run-config keys that are gradleak options use the option's own name with dashes (``batch-size``,
+``local-lr``); ``""`` stands for the option's default (a TOML value cannot be null).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,33 @@ from typing import Any, Mapping
 
 import torch
 
+from gradleak.config import OPTIONS, AttackConfig
 from gradleak.data import load_dataset
 from gradleak.data.dataset import ImageDataset
 from gradleak.integrations.weights import TaskSpec
 
 
+def option(run_config: Mapping[str, Any], key: str) -> Any:
+    """The run config's value of gradleak option ``key`` (dashed), ``""`` and absent read as None."""
+    value = run_config.get(key)
+    return None if value == "" else value
+
+
+def options(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Every gradleak option the run config sets (keys with dashes, as Flower writes them)."""
+    return {key: option(run_config, key) for key in run_config if key.replace("-", "_") in OPTIONS}
+
+
+def attack_config(run_config: Mapping[str, Any]) -> AttackConfig:
+    """The server's AttackConfig: the run config's options; the clients train in train mode (client_app)."""
+    return AttackConfig.from_dict({**options(run_config), "client_mode": "train"})
+
+
 def task_spec(run_config: Mapping[str, Any]) -> TaskSpec:
+    width = option(run_config, "width")
     return TaskSpec.from_dataset(str(run_config["dataset"]), str(run_config["model"]),
-                                 data_dir=str(run_config.get("data-dir") or "") or None)
+                                 width=int(width) if width is not None else None,
+                                 data_dir=option(run_config, "data-dir"))
 
 
 @lru_cache(maxsize=4)
