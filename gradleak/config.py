@@ -129,10 +129,17 @@ class SemanticConfig:
                                        "line containing {c}.")
     class_names: str | None = option(None, "File of class names, one per line (default: the dataset's).")
     classifier_steps: int = option(300, "Training steps of the attacker's auxiliary classifier.", ge=1)
+    classifier_training: str = option("standard", "How the auxiliary classifier is trained: standard, or adversarial "
+                                                  "(PGD on the public split, so its input gradients are perceptually "
+                                                  "aligned).", choices=("standard", "adversarial"))
+    classifier: str | None = option(None, "A trained auxiliary classifier (a .safetensors file with its card) to use "
+                                          "instead of training one.")
     guidance: str = option("none", "Semantic guidance: none, oracle (true labels; an upper bound) or search over "
                                    "candidate labels.", choices="guidance")
     guide: str = option("classifier", "Guidance model: CLIP prompts or the auxiliary classifier.", choices="guide")
     guidance_weight: float = option(0.1, "Weight of the guidance term.", ge=0)
+    guide_views: int = option(1, "Random differentiable views (shifts, flips, noise) of each reconstruction the "
+                                 "guide scores per step; 1: the reconstruction itself.", ge=1)
     search_space: str = option("labels", "search: candidates change the matched labels too, or the guidance only.",
                                choices="search_space")
     compare_guidance: bool = option(False, "Also reconstruct without guidance and report both SSIMs.")

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -133,6 +132,10 @@ def test_job_ids_are_those_of_the_pre_refactor_code(old_id, options):
 
 
 def test_job_ids_survive_a_new_option_with_a_default():
+    from gradleak.experiments.spec import identity
+
+    # Only options away from their defaults enter the id, whichever section they sit in.
+    assert identity(AttackConfig.of(batch_size=8, seed=1, threads=None)) == {"batch_size": 8, "seed": 1}
     # `threads` came after the flat pre-refactor config: at its default the id is the old one; set, it is new.
     assert job_id(AttackConfig.of(batch_size=8, seed=1, threads=None)) == "36c23cd179b5"
     assert job_id(AttackConfig.of(batch_size=8, seed=1, threads=2)) != "36c23cd179b5"

@@ -3,6 +3,7 @@ real SuperLink + SuperNodes federation on 127.0.0.1 attacked by its own server."
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -37,6 +38,16 @@ def _sgd_step(model, x, y, lr):
 def _digits_batch(labels):
     gen = torch.Generator().manual_seed(7)
     return torch.rand(len(labels), 1, 8, 8, generator=gen), torch.tensor(labels)
+
+
+def run_cli(args, capsys):
+    from gradleak.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+        raise SystemExit(0)
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
 
 
 # -- update conversion --------------------------------------------------------------------------
@@ -90,8 +101,8 @@ def test_observed_capture_grants_schedule_and_batch_size_but_never_labels():
     from gradleak.attacks.labels import recover_labels
     from gradleak.integrations.capture import CapturedUpdate
     from gradleak.integrations.eavesdropper import observe_capture
+    from gradleak.config import AttackConfig
     from gradleak.integrations.weights import TaskSpec
-    from gradleak.pipeline import AttackConfig
 
     task = TaskSpec("lenet", (1, 8, 8), 10, MEAN, STD, tuple(str(i) for i in range(10)))
     model = task.build_model()
@@ -107,20 +118,79 @@ def test_observed_capture_grants_schedule_and_batch_size_but_never_labels():
         torch.testing.assert_close(got, want, rtol=1e-3, atol=2e-5)
     assert sorted(recover_labels(obs).labels.tolist()) == [0, 3, 3, 8]
 
-    hidden = observe_capture(capture, task, AttackConfig(knows_local_schedule=False))
+    hidden = observe_capture(capture, task, AttackConfig.of(knows_local_schedule=False))
     assert hidden.update.lr is None
     with pytest.raises(GradleakError, match="labels"):
-        observe_capture(capture, task, AttackConfig(knows_labels=True))
+        observe_capture(capture, task, AttackConfig.of(knows_labels=True))
+    # The clients' train/eval mode is the config's (the server ships the clients' training code).
+    assert observe_capture(capture, task, AttackConfig.of(client_mode="train")).model.training
+    assert not observe_capture(capture, task, AttackConfig.of(client_mode="eval")).model.training
 
 
-def test_capture_round_trips_through_npz(tmp_path):
+def _capture_pair(labels, lr=0.1, seed=3, server_round=2, node_id=2**63 - 5):
+    """A capture of one FedSGD reply built without a federation: θ of a seeded LeNet, θ' one SGD step on."""
     from gradleak.integrations.capture import CapturedUpdate
+    from gradleak.integrations.weights import TaskSpec
 
-    cap = CapturedUpdate(3, 2**63 - 5, {"a": np.arange(6.0).reshape(2, 3)}, {"a": np.ones((2, 3))},
-                         {"lr": 0.1}, {"num-examples": 4})
-    back = CapturedUpdate.load(cap.save(tmp_path / "c.npz"))
-    assert (back.server_round, back.node_id, back.train_config, back.num_examples()) == (3, 2**63 - 5, {"lr": 0.1}, 4)
-    np.testing.assert_array_equal(back.global_weights["a"], cap.global_weights["a"])
+    task = TaskSpec("lenet", (1, 8, 8), 10, MEAN, STD, tuple(str(i) for i in range(10)), dataset="digits")
+    model = build_model("lenet", (1, 8, 8), 10, seed=seed)  # not the weights `attack --seed 0` would build
+    x, y = _digits_batch(labels)
+    theta = {k: v.numpy().copy() for k, v in model.state_dict().items()}
+    theta_prime = {k: v.numpy().copy() for k, v in _sgd_step(model, x, y, lr).items()}
+    capture = CapturedUpdate(server_round, node_id, theta, theta_prime, {"lr": lr, "local-steps": 1},
+                             {"num-examples": len(labels)})
+    return task, model, capture, x, y
+
+
+def test_saved_capture_is_a_recorded_update_with_the_global_weights(tmp_path):
+    from gradleak.config import AttackConfig
+    from gradleak.integrations.capture import save_capture
+    from gradleak.models import weights_fingerprint
+    from gradleak.threat.io import load_update
+
+    task, model, capture, x, y = _capture_pair([4, 1, 9])
+    path = save_capture(tmp_path / "c.safetensors", capture, task, AttackConfig.of(client_mode="train"), truth=(x, y))
+    rec = load_update(path)
+    assert rec.fingerprint == weights_fingerprint(model) and rec.architecture == "LeNet"
+    assert set(rec.weights) == set(capture.global_weights)
+    assert all(np.array_equal(rec.weights[k].numpy(), capture.global_weights[k]) for k in capture.global_weights)
+    assert (rec.update.kind, rec.update.lr, rec.update.local_steps) == ("fedavg", 0.1, 1)
+    for d, name in zip(rec.update.tensors, rec.update.names):  # Δ = θ' − θ itself
+        torch.testing.assert_close(d, torch.from_numpy(capture.client_weights[name] - capture.global_weights[name]))
+    for got, want in zip(rec.update.as_gradient(), fedsgd_gradient(model, x, y, MEAN, STD)):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=2e-5)
+    assert rec.facts == {"dataset": "digits", "model": "lenet", "width": None, "input_shape": [1, 8, 8],
+                         "num_classes": 10, "batch_size": 3, "client_mode": "train", "mean": list(MEAN),
+                         "std": list(STD), "class_names": [str(i) for i in range(10)], "server_round": 2,
+                         "node_id": 2**63 - 5}
+    torch.testing.assert_close(rec.truth[0], x)
+    assert rec.truth[1].tolist() == [4, 1, 9]
+    assert load_update(save_capture(tmp_path / "n.safetensors", capture, task, AttackConfig())).truth is None
+
+
+def test_saved_capture_replays_through_gradleak_attack(tmp_path, capsys):
+    from gradleak.config import AttackConfig
+    from gradleak.integrations.capture import save_capture
+
+    task, _, capture, _, _ = _capture_pair([4, 1, 9])
+    scored = save_capture(tmp_path / "t.safetensors", capture, task, AttackConfig.of(client_mode="train"),
+                          truth=_digits_batch([4, 1, 9]))
+    bare = save_capture(tmp_path / "b.safetensors", capture, task, AttackConfig.of(client_mode="train"))
+    base = ["attack", "-q", "--dataset", "digits", "--model", "lenet", "--iterations", "2", "--observed-update"]
+    # The model flags pick the architecture; the stored θ replaces the seed-0 weights, so the fingerprint fits.
+    code, out, err = run_cli(base + [str(scored), "-o", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert result["true_labels"] == [4, 1, 9] and result["label_accuracy"] == 1.0
+    assert sorted(result["recovered_labels"]) == [1, 4, 9] and 0.0 <= result["ssim"] <= 1.0
+    code, out, err = run_cli(base + [str(bare), "-o", str(tmp_path / "b")], capsys)
+    assert code == 0 and "nothing scored" in out, err
+    result = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert result["ssim"] is None and result["label_accuracy"] is None
+    assert sorted(result["recovered_labels"]) == [1, 4, 9]
+    # Another architecture is refused in one line, not attacked against the wrong weights.
+    code, _, err = run_cli(base + [str(bare), "--model", "convnet", "-o", str(tmp_path / "c")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "do not fit convnet" in err
 
 
 # -- the off-path worker ------------------------------------------------------------------------
@@ -184,7 +254,7 @@ def _is_zombie(pid: int) -> bool:
 
 def _trivial_attack(capture, task, cfg, schedule):
     from gradleak.attacks.inversion import Reconstruction
-    from gradleak.pipeline import AttackOutcome
+    from gradleak.studies.attack import AttackOutcome
 
     b = capture.num_examples()
     labels = torch.zeros(b, dtype=torch.long)
@@ -257,11 +327,13 @@ def test_wrapped_fedavg_aggregates_exactly_as_fedavg_alone(flower_task_identity,
 
 
 def test_eavesdropper_scores_against_ground_truth_and_writes_the_store(tmp_path):
+    from gradleak.config import AttackConfig
     from gradleak.experiments.store import ResultStore
     from gradleak.integrations.capture import CapturedUpdate, GroundTruthFolder, write_ground_truth
     from gradleak.integrations.eavesdropper import EavesdropConfig, Eavesdropper, read_leaks, store_sinks
     from gradleak.integrations.weights import TaskSpec
-    from gradleak.pipeline import AttackConfig
+    from gradleak.models import weights_fingerprint
+    from gradleak.threat.io import load_update
 
     task = TaskSpec("lenet", (1, 8, 8), 10, MEAN, STD, tuple(str(i) for i in range(10)))
     model = task.build_model()
@@ -269,7 +341,8 @@ def test_eavesdropper_scores_against_ground_truth_and_writes_the_store(tmp_path)
     theta = {k: v.numpy().copy() for k, v in model.state_dict().items()}
     theta_prime = {k: v.numpy().copy() for k, v in _sgd_step(model, x, y, 0.1).items()}
     write_ground_truth(tmp_path / "truth", 1, 5, x, y)
-    config = EavesdropConfig(AttackConfig(iterations=3), isolation="thread", timeout_s=120, out_dir=tmp_path / "out")
+    config = EavesdropConfig(AttackConfig.of(iterations=3), isolation="thread", timeout_s=120, out_dir=tmp_path / "out",
+                             save_captures=True)
     eaves = Eavesdropper(task, config, GroundTruthFolder(tmp_path / "truth", wait_s=0),
                          store_sinks(tmp_path / "out" / "results.sqlite", run_tag="t"))
     eaves.capture(CapturedUpdate(1, 5, theta, theta_prime, {"lr": 0.1}, {"num-examples": 3}))
@@ -287,16 +360,107 @@ def test_eavesdropper_scores_against_ground_truth_and_writes_the_store(tmp_path)
         row = runs["flower/t/round001/node5"]
         assert row.status == "done" and row.metrics["label_accuracy"] == 1.0 and row.config["batch_size"] == 3
         assert len(store.images("flower/t/round001/node5")) == 3
+    # Every capture is saved as a recorded update with θ; the ground truth only where the evaluator had it.
+    saved = {n: load_update(records[n].capture) for n in (5, 6)}
+    assert Path(records[5].capture) == tmp_path / "out" / "captures" / "round001-node5.safetensors"
+    assert saved[5].truth[1].tolist() == [4, 1, 9] and saved[6].truth is None
+    assert all(s.fingerprint == weights_fingerprint(model) and s.facts["batch_size"] == 3 for s in saved.values())
+
+
+def _example_app_task():
+    sys.path.insert(0, str(EXAMPLE_APP))
+    try:
+        import gradleak_flower_app.task as task
+    finally:
+        sys.path.remove(str(EXAMPLE_APP))
+    return task
 
 
 def test_demo_hands_the_initialisation_to_the_server_app():
     from gradleak.errors import ConfigError
-    from gradleak.integrations.flower_demo import FlowerDemoConfig, demo_run_config
+    from gradleak.integrations.flower_demo import FlowerDemoConfig, demo_attack_config, demo_run_config
 
     assert demo_run_config(FlowerDemoConfig(), 0.0)["init"] == ""  # the app's default: the model's own
-    assert demo_run_config(FlowerDemoConfig(init="pytorch"), 0.0)["init"] == "pytorch"
-    with pytest.raises(ConfigError, match="unknown initialisation 'xavier'"):
-        FlowerDemoConfig(init="xavier").validate()
+    assert demo_run_config(FlowerDemoConfig(demo_attack_config(init="pytorch")), 0.0)["init"] == "pytorch"
+    with pytest.raises(ConfigError, match="unknown init 'xavier'"):
+        demo_attack_config(init="xavier")
+    with pytest.raises(ConfigError, match="client_mode must be train"):
+        FlowerDemoConfig(demo_attack_config(client_mode="eval")).validate()
+    with pytest.raises(ConfigError, match="cannot apply option.s. knows_labels, labeler"):
+        FlowerDemoConfig(demo_attack_config(labeler="classifier", knows_labels=True)).validate()
+
+
+def test_demo_run_config_round_trips_to_the_server_apps_attack_config():
+    """Every key the demo sends is one the app declares (Flower refuses others), and the server app
+    rebuilds exactly the demo's AttackConfig from them."""
+    import tomllib
+
+    import tomli_w
+
+    from gradleak.integrations.flower_demo import APP_OPTIONS, FlowerDemoConfig, demo_attack_config, demo_run_config
+
+    declared = tomllib.loads((EXAMPLE_APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    task = _example_app_task()
+    for options in ({}, {"init": "pytorch", "width": 6, "local_lr": 0.05, "local_steps": 3, "iterations": 7,
+                         "tv": 0.0, "step_size": 0.2, "restarts": 2, "labels": "ilrg", "batch_size": 8, "seed": 4,
+                         "knows_local_schedule": False, "attack": "dlg", "model": "convnet"}):
+        cfg = FlowerDemoConfig(demo_attack_config(**options), save_captures=True)
+        cfg.validate()
+        run_config = tomllib.loads(tomli_w.dumps(demo_run_config(cfg, 0.0)))  # as flwr run reads it
+        assert set(run_config) <= set(declared), set(run_config) - set(declared)
+        assert task.attack_config(run_config) == cfg.attack
+        spec = task.task_spec(run_config)
+        assert (spec.model, spec.width, spec.dataset) == (cfg.attack.victim.model, cfg.attack.victim.width, "digits")
+    assert {k.replace("_", "-") for k in APP_OPTIONS} <= set(declared)
+    # The app's own defaults are the demo's defaults.
+    assert task.attack_config(declared) == demo_attack_config()
+
+
+def test_flower_demo_reads_a_config_file_under_its_flags(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("flwr")
+    import gradleak.integrations.flower_demo as demo
+
+    seen = []
+
+    def fake_run(cfg):
+        seen.append(cfg)
+        return demo.FlowerDemoResult(cfg, [])
+
+    monkeypatch.setattr(demo, "run_flower_demo", fake_run)
+    conf = tmp_path / "demo.yaml"
+    conf.write_text("inversion: {iterations: 40, attack: dlg}\nclient: {local_steps: 2}\ninit: pytorch\n")
+    code, out, err = run_cli(["flower-demo", "--config", str(conf), "--iterations", "5", "-o", str(tmp_path / "o"),
+                              "--rounds", "2"], capsys)
+    assert code == 0, err
+    a = seen[0].attack
+    assert (a.inversion.iterations, a.inversion.attack, a.client.local_steps, a.victim.init) == (5, "dlg", 2, "pytorch")
+    assert a.client.client_mode == "train" and seen[0].rounds == 2 and "dlg × 5 it" in out
+    code, _, _ = run_cli(["flower-demo", "-o", str(tmp_path / "o")], capsys)
+    assert code == 0 and seen[1].attack == demo.demo_attack_config()  # no file, no flags: the demo's defaults
+
+
+def test_flower_demo_refuses_a_non_empty_out_without_overwrite(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("flwr")
+    import gradleak.integrations.flower_local as local
+
+    class NoFederation:
+        def __init__(self, *args, **kwargs):
+            raise AssertionError("a federation was started")
+
+    monkeypatch.setattr(local, "LocalFederation", NoFederation)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "leaks.jsonl").write_text("{}\n")  # an earlier demo's results
+    code, _, err = run_cli(["flower-demo", "--rounds", "1", "-o", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "not empty" in err and "--overwrite" in err
+    assert (out / "leaks.jsonl").read_text() == "{}\n"  # untouched
+    # With --overwrite the old results go and the demo goes on (to the federation, stubbed here).
+    from gradleak.cli import main
+
+    with pytest.raises(AssertionError, match="a federation was started"):
+        main(["flower-demo", "--rounds", "1", "-o", str(out), "--overwrite"])
+    assert not (out / "leaks.jsonl").exists() and json.loads((out / "config.json").read_text())["rounds"] == 1
 
 
 def test_missing_flwr_is_one_line_error(monkeypatch, capsys):
@@ -325,23 +489,19 @@ def test_real_flower_federation_leaks_fedsgd_gradient_and_labels(tmp_path):
     """
     pytest.importorskip("flwr")
     from gradleak.experiments.store import ResultStore
-    from gradleak.integrations.capture import CapturedUpdate, truth_path
+    from gradleak.integrations.capture import read_ground_truth, truth_path
     from gradleak.integrations.eavesdropper import read_leaks
-    from gradleak.integrations.weights import update_from_weights
     from gradleak.integrations.flower_local import LocalFederation, marked_processes
+    from gradleak.threat.io import load_update
 
-    sys.path.insert(0, str(EXAMPLE_APP))
-    try:
-        from gradleak_flower_app.task import client_batch
-    finally:
-        sys.path.remove(str(EXAMPLE_APP))
+    client_batch = _example_app_task().client_batch
 
     out, truth, lr, batch = tmp_path / "out", tmp_path / "truth", 0.1, 4
     fed = LocalFederation(num_nodes=2, home=tmp_path / "flwr-home", log_dir=tmp_path / "logs", start_timeout_s=90)
     try:
         fed.start()
         outcome = fed.run(EXAMPLE_APP, {
-            "num-server-rounds": 1, "min-nodes": 2, "batch-size": batch, "lr": lr, "local-steps": 1,
+            "num-server-rounds": 1, "min-nodes": 2, "batch-size": batch, "local-lr": lr, "local-steps": 1,
             "iterations": 2, "attack-isolation": "thread", "attack-timeout": 120.0, "drain-timeout": 120.0,
             "out-dir": str(out), "truth-dir": str(truth), "store": str(out / "results.sqlite"),
             "save-captures": True, "init": "pytorch",
@@ -354,20 +514,31 @@ def test_real_flower_federation_leaks_fedsgd_gradient_and_labels(tmp_path):
     model = build_model("lenet", (1, 8, 8), 10, init="pytorch")  # the server's initial global model
     initial = {k: v.numpy() for k, v in model.state_dict().items()}
     batches = [client_batch("digits", p, 2, 1, batch) for p in range(2)]  # what each partition trained on
-    captures = sorted((out / "captures").glob("*.npz"))
+    captures = sorted((out / "captures").glob("*.safetensors"))
     assert len(captures) == 2
     for path in captures:
-        cap = CapturedUpdate.load(path)
-        assert cap.node_id in fed.node_ids
-        assert all(np.array_equal(cap.global_weights[k], initial[k]) for k in initial)
-        x, y = batches[fed.node_ids[cap.node_id]]
-        with np.load(truth_path(truth, 1, cap.node_id)) as written:  # the client's own record agrees
-            np.testing.assert_array_equal(written["labels"], y.numpy())
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in cap.global_weights.items()})
+        cap = load_update(path)
+        node = cap.facts["node_id"]
+        assert node in fed.node_ids and cap.facts["server_round"] == 1 and cap.facts["client_mode"] == "train"
+        assert set(cap.weights) == set(initial)
+        assert all(np.array_equal(cap.weights[k].numpy(), initial[k]) for k in initial)
+        x, y = batches[fed.node_ids[node]]
+        torch.testing.assert_close(cap.truth[0], x)  # the evaluator stored the batch the client trained on
+        assert cap.truth[1].tolist() == y.tolist() == read_ground_truth(truth_path(truth, 1, node))[1].tolist()
         true_grad = fedsgd_gradient(model, x, y, MEAN, STD)
-        delta = update_from_weights(model, cap.global_weights, cap.client_weights).tensors  # lr unknown: Δ itself
-        for d, g in zip(delta, true_grad):
+        assert (cap.update.lr, cap.update.local_steps) == (lr, 1)  # the schedule the server sent
+        for d, g in zip(cap.update.tensors, true_grad):  # Δ itself
             torch.testing.assert_close(d, -lr * g, rtol=1e-3, atol=1e-6)
+    # A capture replays through `gradleak attack` (the stored θ replaces the seed-0 dlg weights).
+    from gradleak.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["attack", "-q", "--dataset", "digits", "--model", "lenet", "--iterations", "2", "--observed-update",
+              str(captures[0]), "-o", str(tmp_path / "replay")])
+        raise SystemExit(0)
+    assert exc.value.code == 0
+    replay = json.loads((tmp_path / "replay" / "result.json").read_text())
+    assert replay["label_accuracy"] == 1.0 and replay["true_labels"] == load_update(captures[0]).truth[1].tolist()
 
     leaks = {r.node_id: r for r in read_leaks(out / "leaks.jsonl")}
     assert set(leaks) == set(fed.node_ids)

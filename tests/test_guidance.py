@@ -10,11 +10,11 @@ from gradleak.attacks.inversion import REGULARIZERS, InversionConfig, invert, pr
 from gradleak.attacks.inversion.batched import BatchedMatcher, invert_batched, invert_sequential
 from gradleak.attacks.inversion.guidance import GUIDES, Guidance, build_guide
 from gradleak.attacks.inversion.invert import GradientMatcher
-from gradleak.attacks.inversion.search import (align_to_slots, enumerate_candidates, evaluate_guidance,
-                                               run_guided)
+from gradleak.attacks.inversion.search import align_to_slots, enumerate_candidates, run_guided
 from gradleak.errors import ConfigError
 from gradleak.metrics import evaluate_images
 from gradleak.models import build_model
+from gradleak.studies.evaluate import evaluate_guidance
 from gradleak.threat import ThreatModel, simulate_client
 
 pytestmark = pytest.mark.usefixtures("one_thread")

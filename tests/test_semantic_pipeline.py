@@ -5,16 +5,17 @@ import json
 
 import pytest
 
+from gradleak.config import AttackConfig
 from gradleak.errors import ConfigError
-from gradleak.pipeline import AttackConfig, run_attack
-from gradleak.rounds import RoundsConfig, run_rounds
+from gradleak.studies.attack import run_attack
+from gradleak.studies.rounds import RoundsConfig, run_rounds
 
 
 @pytest.fixture(scope="module")
 def semantic_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("semantic")
-    cfg = AttackConfig(batch_size=8, iterations=300, tv=0.0, restarts=3, labeler="classifier",
-                       classifier_steps=200, seed=1)
+    cfg = AttackConfig.of(batch_size=8, iterations=300, tv=0.0, restarts=3, labeler="classifier",
+                          classifier_steps=200, seed=1)
     return run_attack(cfg, out, progress=False), out
 
 
@@ -45,13 +46,13 @@ def test_semantic_names_use_count_constraint_from_gradient(semantic_run):
 
 
 def test_rounds_writes_per_round_table(tmp_path):
-    cfg = RoundsConfig(AttackConfig(batch_size=4, iterations=200, tv=0.0, labeler="classifier",
-                                    classifier_steps=200), rounds=3, steps_per_round=5)
+    cfg = RoundsConfig(AttackConfig.of(batch_size=4, iterations=200, tv=0.0, labeler="classifier",
+                                       classifier_steps=200), rounds=3, steps_per_round=5)
     rows = run_rounds(cfg, tmp_path, progress=False)
     assert [r["round"] for r in rows] == [1, 2, 3]
     with (tmp_path / "rounds.csv").open() as fh:
         table = list(csv.DictReader(fh))
-    assert len(table) == 3 and {"semantic_accuracy", "aggregated_semantic_accuracy", "label_map_accuracy"} <= set(table[0])
+    assert len(table) == 3 and {"semantic_accuracy", "semantic_accuracy_aggregated", "label_map_accuracy"} <= set(table[0])
     assert (tmp_path / "rounds.png").exists()
     assert rows[-1]["original_semantic_accuracy"] >= 0.75
     # Label-map evidence accumulates: the map over the indices seen is at least as good at the end.
@@ -61,11 +62,11 @@ def test_rounds_writes_per_round_table(tmp_path):
 
 def test_rounds_needs_a_labeller():
     with pytest.raises(ConfigError, match="labeler"):
-        run_rounds(RoundsConfig(AttackConfig(), rounds=1), progress=False)
+        run_rounds(RoundsConfig(AttackConfig.of(), rounds=1), progress=False)
 
 
 def test_attack_with_label_search_by_guidance_keeps_the_lowest_loss_candidate(tmp_path):
-    cfg = AttackConfig(batch_size=1, iterations=100, tv=0.0, guidance="search", classifier_steps=150, seed=2)
+    cfg = AttackConfig.of(batch_size=1, iterations=100, tv=0.0, guidance="search", classifier_steps=150, seed=2)
     s = run_attack(cfg, tmp_path, progress=False).summary
     assert s["guidance_mode"] == "search" and len(s["candidate_losses"]) == 10
     scores = [c["score"] for c in s["candidate_losses"]]
@@ -78,12 +79,14 @@ def test_attack_with_label_search_by_guidance_keeps_the_lowest_loss_candidate(tm
 def test_oracle_guidance_needs_the_evaluators_labels():
     from gradleak.data import load_dataset
     from gradleak.models import build_model
-    from gradleak.pipeline import attack_observation
+    from gradleak.studies.attack import attack_observation
+    from gradleak.studies.side import AttackerSide
     from gradleak.threat import ThreatModel, simulate_client
 
     data = load_dataset("digits")
     model = build_model("lenet", data.input_shape, 10)
     update = simulate_client(model, data.images[:1], data.labels[:1], mean=data.mean, std=data.std)
     obs = ThreatModel().observe(model, update, data.input_shape, 10, data.mean, data.std, batch_size=1)
-    with pytest.raises(ConfigError, match="oracle"):
-        attack_observation(obs, AttackConfig(guidance="oracle", iterations=2), progress=False)
+    cfg = AttackConfig.of(guidance="oracle", iterations=2)
+    with pytest.raises(ConfigError, match="oracle guidance needs the true labels"):
+        attack_observation(obs, cfg, AttackerSide(cfg, data), progress=False)

@@ -53,12 +53,16 @@ def config_options(include: Iterable[str] | None = None, exclude: Iterable[str] 
 
 def pop_options(params: dict[str, Any]) -> dict[str, Any]:
     """Remove the config options from click's ``params`` and return those the user gave."""
-    return {k: params.pop(k) for k in list(params) if k in OPTIONS and params[k] is not None}
+    given = {k: params.pop(k) for k in list(params) if k in OPTIONS}
+    return {k: v for k, v in given.items() if v is not None}
 
 
-def build_config(params: dict[str, Any], config_file: str | Path | None = None, **fixed: Any) -> AttackConfig:
-    """YAML file (flat or nested) < flags the user typed < ``fixed``; validated (one-line errors)."""
-    merged = flatten(read_yaml_mapping(config_file), str(config_file)) if config_file else {}
+def build_config(params: dict[str, Any], config_file: str | Path | None = None,
+                 defaults: dict[str, Any] | None = None, **fixed: Any) -> AttackConfig:
+    """A command's ``defaults`` < YAML file (flat or nested) < flags the user typed < ``fixed``;
+    validated (one-line errors). Only config options are taken out of ``params``."""
+    merged = dict(defaults or {})
+    merged.update(flatten(read_yaml_mapping(config_file), str(config_file)) if config_file else {})
     merged.update(pop_options(params))
     merged.update(fixed)
     return AttackConfig.from_dict(merged)

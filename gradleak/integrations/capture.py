@@ -106,7 +106,8 @@ def write_ground_truth(folder: str | Path, server_round: int, node_id: int,
 
     path = truth_path(folder, server_round, node_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"images": images.detach().cpu().float().contiguous(), "labels": labels.detach().cpu().long().contiguous()}
+    tensors = {"images": images.detach().cpu().float().contiguous(),
+               "labels": labels.detach().cpu().long().contiguous()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp))
     return path

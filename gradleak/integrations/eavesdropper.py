@@ -177,7 +177,7 @@ class EavesdropConfig:
     """How the eavesdropper runs: the attack and threat model, the bounds, and where results go."""
 
     # client_mode train: Flower clients train with model.train(); set eval if yours do not.
-    attack: AttackConfig = field(default_factory=lambda: AttackConfig.of(client_mode="train"))
+    attack: AttackConfig = field(default_factory=lambda: AttackConfig.from_dict({"client_mode": "train"}, check=False))
     schedule: LocalSchedule = field(default_factory=LocalSchedule)
     timeout_s: float = 300.0  # per attack
     max_pending: int = 4  # queued attacks beyond this are skipped, never waited for

@@ -6,6 +6,10 @@ example app shipped with the package, ``gradleak/integrations/flower_app`` (FedA
 round. Everything is bounded by one ``timeout_s``; every process started is ended, on success,
 error or timeout.
 
+The task and the attack are one :class:`~gradleak.config.AttackConfig` (``FlowerDemoConfig.attack``),
+handed to the app's run config under the options' own names (:data:`APP_OPTIONS`); the server app
+builds the same AttackConfig back from it.
+
 The demo runs the SuperLink and SuperNodes on 127.0.0.1 with TLS off (Flower's ``--insecure``),
 loopback only; a real deployment must run Flower with TLS certificates (see Flower's "Enable TLS
 connections", https://flower.ai/docs/framework/how-to-enable-tls-connections.html).
@@ -14,17 +18,19 @@ connections", https://flower.ai/docs/framework/how-to-enable-tls-connections.htm
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from ..config import AttackConfig, default
 from ..errors import ConfigError, GradleakError
 from .eavesdropper import LeakRecord, read_leaks
-from .flower import require_flwr
-from .flower_local import LocalFederation
+
+if TYPE_CHECKING:  # it imports flwr: imported when the demo runs, not when the CLI loads
+    from .flower_local import LocalFederation
 
 STARTUP_SHARE = 0.3  # at most this share of the budget for starting the federation
 DRAIN_MARGIN_S = 10.0  # the server stops waiting for attacks this long before the demo's deadline
@@ -32,23 +38,30 @@ DRAIN_MARGIN_S = 10.0  # the server stops waiting for attacks this long before t
 EXAMPLE_APP = Path(__file__).resolve().parent / "flower_app"
 
 
+# The gradleak options the example app reads from its run config, under their names with dashes
+# (flower_app/pyproject.toml declares each; Flower refuses run-config keys it does not declare).
+APP_OPTIONS = ("dataset", "data_dir", "model", "width", "init", "batch_size", "local_lr", "local_steps", "seed",
+               "attack", "iterations", "restarts", "tv", "step_size", "labels", "knows_local_schedule")
+# The demo's defaults, beneath a config file and flags: a short attack, and the app's clients train in train mode.
+DEMO_DEFAULTS = {"iterations": 300, "client_mode": "train"}
+# Options the demo may leave at any value: a Flower client always sends weights (local-steps 1 is FedSGD).
+_IRRELEVANT = ("update",)
+
+
+def demo_attack_config(**options: Any) -> AttackConfig:
+    """The demo's AttackConfig: :data:`DEMO_DEFAULTS` under ``options`` (flat), validated."""
+    return AttackConfig.from_dict({**DEMO_DEFAULTS, **options})
+
+
 @dataclass
 class FlowerDemoConfig:
-    """Options of ``gradleak flower-demo`` (the CLI fills these 1:1)."""
+    """Options of ``gradleak flower-demo``: the task and attack (one AttackConfig), and the demo's own."""
 
+    attack: AttackConfig = field(default_factory=demo_attack_config)
     rounds: int = 3
     clients: int = 2
-    batch_size: int = 4
-    dataset: str = "digits"
-    data_dir: str | None = None
-    model: str = "lenet"
-    init: str | None = None  # the server's initial global model (models.INITS); None: the model's usual one
-    attack: str = "ig"
-    iterations: int = 300
-    lr: float = 0.1
-    local_steps: int = 1
-    seed: int = 0
     out: Path = Path("runs/flower-demo")
+    overwrite: bool = False  # replace an earlier demo's output folder instead of refusing
     timeout_s: float = 300.0
     attack_timeout_s: float | None = None  # per attack; None: the whole budget
     isolation: str = "process"
@@ -56,16 +69,28 @@ class FlowerDemoConfig:
     app: Path | None = None  # None: the app shipped with gradleak (EXAMPLE_APP)
 
     def validate(self) -> None:
-        if self.rounds < 1 or self.clients < 1 or self.batch_size < 1 or self.iterations < 1:
-            raise ConfigError("rounds, clients, batch size and iterations must all be at least 1")
-        if self.local_steps < 1 or not self.lr > 0:
-            raise ConfigError("local steps must be at least 1 and lr positive")
-        if not self.timeout_s > 0:
-            raise ConfigError("timeout must be positive")
-        if self.init is not None:
-            from ..models import INITS
+        from ..studies.checks import check_inputs
 
-            INITS.get(self.init)
+        if self.rounds < 1 or self.clients < 1:
+            raise ConfigError("rounds and clients must be at least 1")
+        if not self.timeout_s > 0 or (self.attack_timeout_s is not None and not self.attack_timeout_s > 0):
+            raise ConfigError("timeouts must be positive")
+        if self.isolation not in ("process", "thread"):
+            raise ConfigError(f"unknown isolation {self.isolation!r}; choose process or thread")
+        a = check_inputs(self.attack)
+        if a.client.client_mode != "train":
+            raise ConfigError("the example app's clients train in train mode; client_mode must be train")
+        unused = [k for k, v in a.to_dict().items()
+                  if k not in APP_OPTIONS and k not in DEMO_DEFAULTS and k not in _IRRELEVANT and v != default(k)]
+        if unused:
+            raise ConfigError(f"flower-demo cannot apply option(s) {', '.join(unused)}: the example app reads only "
+                              f"{', '.join(APP_OPTIONS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ran, as ``config.json`` records it."""
+        return {"attack": self.attack.to_dict(), "rounds": self.rounds, "clients": self.clients, "out": str(self.out),
+                "timeout_s": self.timeout_s, "attack_timeout_s": self.attack_timeout_s, "isolation": self.isolation,
+                "save_captures": self.save_captures, "app": str(self.app) if self.app is not None else None}
 
 
 @dataclass
@@ -97,12 +122,14 @@ def find_example_app(app: str | Path | None = None) -> Path:
 
 
 def demo_run_config(cfg: FlowerDemoConfig, deadline_unix: float) -> dict:
+    """The app's run config: the :data:`APP_OPTIONS` of ``cfg.attack`` (None as ``""``) and the demo's keys."""
     out = cfg.out.resolve()
+    flat = cfg.attack.to_dict()
+    if flat["data_dir"]:
+        flat["data_dir"] = str(Path(flat["data_dir"]).expanduser().resolve())  # the nodes run elsewhere
+    options = {k.replace("_", "-"): "" if flat[k] is None else flat[k] for k in APP_OPTIONS}
     return {
-        "num-server-rounds": cfg.rounds, "min-nodes": cfg.clients, "dataset": cfg.dataset,
-        "data-dir": str(Path(cfg.data_dir).resolve()) if cfg.data_dir else "", "model": cfg.model,
-        "init": cfg.init or "", "batch-size": cfg.batch_size, "lr": cfg.lr, "local-steps": cfg.local_steps, "seed": cfg.seed,
-        "attack": cfg.attack, "iterations": cfg.iterations,
+        **options, "num-server-rounds": cfg.rounds, "min-nodes": cfg.clients,
         "attack-timeout": float(cfg.attack_timeout_s or cfg.timeout_s),
         "attack-isolation": cfg.isolation, "max-pending": cfg.rounds * cfg.clients,
         "drain-timeout": float(cfg.timeout_s), "drain-deadline": float(deadline_unix),
@@ -112,19 +139,20 @@ def demo_run_config(cfg: FlowerDemoConfig, deadline_unix: float) -> dict:
 
 
 def run_flower_demo(cfg: FlowerDemoConfig) -> FlowerDemoResult:
-    """Run the demo; never leaves a process behind. A timeout is reported in ``result.error``."""
+    """Run the demo; never leaves a process behind. A timeout is reported in ``result.error``.
+
+    A non-empty ``cfg.out`` is refused unless ``cfg.overwrite`` (an earlier demo's results would mix
+    with this one's), before any process starts."""
+    from ..io import write_json
+    from ..studies.outputs import prepare_output
+    from .flower import require_flwr
+    from .flower_local import LocalFederation
+
     require_flwr()
     cfg.validate()
     app = find_example_app(cfg.app)
-    out = cfg.out
-    out.mkdir(parents=True, exist_ok=True)
-    # Results of an earlier demo in the same folder would mix with this one's.
-    for stale in ("leaks.jsonl", "results.sqlite", "results.sqlite-wal", "results.sqlite-shm"):
-        (out / stale).unlink(missing_ok=True)
-    for stale in ("truth", "captures"):
-        shutil.rmtree(out / stale, ignore_errors=True)
-    for old in out.glob("round[0-9][0-9][0-9]"):
-        shutil.rmtree(old, ignore_errors=True)
+    out = prepare_output(cfg.out, cfg.overwrite)
+    write_json(out / "config.json", cfg.to_dict())  # also marks the folder as gradleak's for --overwrite
 
     started = time.perf_counter()
     deadline = time.monotonic() + cfg.timeout_s
@@ -183,12 +211,16 @@ def _labels(values: list[int] | None) -> str:
 def format_report(result: FlowerDemoResult) -> str:
     """The per-round, per-client table the CLI prints, with a summary line and the wall time."""
     cfg = result.config
-    kind = "FedSGD" if cfg.local_steps == 1 else f"FedAvg ({cfg.local_steps} local steps)"
+    a = cfg.attack
+    batch, steps = a.data.batch_size, a.client.local_steps
+    kind = "FedSGD" if steps == 1 else f"FedAvg ({steps} local steps)"
+    iterations = a.inversion.iterations or "the preset's"
     lines = [
-        f"Flower federation on 127.0.0.1: {cfg.clients} clients × {cfg.rounds} rounds, {cfg.dataset}/{cfg.model}, "
-        f"B={cfg.batch_size}, {kind} lr={cfg.lr}; server attack {cfg.attack} × {cfg.iterations} it",
-        f"{'round':>5}  {'client':>6}  {'status':<8} {'recovered':<{2 * cfg.batch_size + 3}} "
-        f"{'true':<{2 * cfg.batch_size + 3}} {'labels':>6}  {'SSIM':>6}  grid",
+        f"Flower federation on 127.0.0.1: {cfg.clients} clients × {cfg.rounds} rounds, {a.data.dataset}/"
+        f"{a.victim.model}, B={batch}, {kind} lr={a.client.local_lr}; server attack {a.inversion.attack} × "
+        f"{iterations} it",
+        f"{'round':>5}  {'client':>6}  {'status':<8} {'recovered':<{2 * batch + 3}} "
+        f"{'true':<{2 * batch + 3}} {'labels':>6}  {'SSIM':>6}  grid",
     ]
     order = sorted(result.records, key=lambda r: (r.server_round, result.clients.get(r.node_id, r.node_id)))
     for r in order:
@@ -197,8 +229,8 @@ def format_report(result: FlowerDemoResult) -> str:
         acc = f"{r.label_accuracy:.2f}" if r.label_accuracy is not None else "-"
         ssim = f"{r.ssim:.3f}" if r.ssim is not None else "-"
         tail = r.grid or (r.error or "")
-        lines.append(f"{r.server_round:>5}  {who:>6}  {r.status:<8} {_labels(r.recovered_labels):<{2 * cfg.batch_size + 3}} "
-                     f"{_labels(r.true_labels):<{2 * cfg.batch_size + 3}} {acc:>6}  {ssim:>6}  {tail}")
+        lines.append(f"{r.server_round:>5}  {who:>6}  {r.status:<8} {_labels(r.recovered_labels):<{2 * batch + 3}} "
+                     f"{_labels(r.true_labels):<{2 * batch + 3}} {acc:>6}  {ssim:>6}  {tail}")
     done = [r for r in result.records if r.status == "done" and r.label_accuracy is not None]
     expected = cfg.rounds * cfg.clients
     if done:
@@ -208,7 +240,8 @@ def format_report(result: FlowerDemoResult) -> str:
                      f"{expected} client updates")
     else:
         lines.append(f"no attack finished ({len(result.records)} of {expected} updates recorded)")
-    lines.append(f"results store {result.store}; logs {result.logs}")
+    lines.append(f"results store {result.store}; logs {result.logs}"
+                 + (f"; captures {cfg.out / 'captures'}" if cfg.save_captures else ""))
     lines.append(f"wall time {result.seconds:.1f} s (federation start {result.startup_seconds:.1f} s, "
                  f"flwr run {result.run_seconds:.1f} s)")
     return "\n".join(lines)

@@ -4,7 +4,7 @@ through the Python API."""
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -92,6 +92,15 @@ def build_model(
     return model
 
 
+def normalize_input(x: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> torch.Tensor:
+    """``(x − mean) / std`` per channel: pixels in [0, 1] as the model sees them (identity without stats)."""
+    if mean is None or std is None:
+        return x
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
 def weights_fingerprint(model: nn.Module) -> str:
     """A digest of the architecture and every parameter and buffer (not of train/eval modes): which
     weights an update was computed against."""
@@ -119,4 +128,4 @@ def last_linear(model: nn.Module) -> tuple[str, str | None]:
     return prefix + "weight", (prefix + "bias" if mod.bias is not None else None)
 
 
-__all__ = ["DEFAULT_INIT", "INITS", "MODELS", "ConvNet", "LeNet", "ResNet18", "build_model", "init_name", "last_linear", "weights_fingerprint"]
+__all__ = ["DEFAULT_INIT", "INITS", "MODELS", "ConvNet", "LeNet", "ResNet18", "build_model", "init_name", "last_linear", "normalize_input", "weights_fingerprint"]

@@ -7,7 +7,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, is_int_at_least
-from ..threat.update import _normalize
+from . import normalize_input
 
 
 def train_victim(
@@ -33,7 +33,7 @@ def train_victim(
     n = images.shape[0]
     for _ in tqdm(range(steps), disable=not progress, desc="training victim", leave=False):
         idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
-        loss = nn.functional.cross_entropy(model(_normalize(images[idx], mean, std)), labels[idx])
+        loss = nn.functional.cross_entropy(model(normalize_input(images[idx], mean, std)), labels[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

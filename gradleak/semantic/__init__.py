@@ -54,4 +54,5 @@ __all__ = [
     "label_images",
     "label_map_accuracy",
     "semantic_accuracy",
+    "solve_label_map",
 ]

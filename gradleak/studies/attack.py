@@ -193,6 +193,10 @@ def replay(recorded, client: Client, cfg: AttackConfig):
             raise UpdateError(f"{cfg.client.observed_update}: its stored weights do not fit "
                               f"{cfg.victim.model}: {str(exc).splitlines()[0]}") from None
     recorded.check_model(client.model, cfg.client.observed_update)
+    mode = recorded.facts.get("client_mode")
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in client.model.modules())
+    if has_bn and mode and mode != cfg.client.client_mode:  # BatchNorm computes another function in the other mode
+        raise UpdateError(f"{cfg.client.observed_update} was computed in {mode} mode; pass --client-mode {mode}")
     shape = recorded.facts.get("input_shape")
     if shape is not None and tuple(shape) != tuple(client.data.input_shape):
         raise UpdateError(f"{cfg.client.observed_update} was recorded on inputs {tuple(shape)}, "

@@ -90,9 +90,9 @@ class Observation:
         return dict(zip(self.update.names, self.gradient()))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        from .update import _normalize
+        from ..models import normalize_input
 
-        return _normalize(x, self.mean, self.std)
+        return normalize_input(x, self.mean, self.std)
 
     def require_batch_size(self) -> int:
         if self.batch_size is None:

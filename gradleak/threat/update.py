@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, UpdateError, is_int_at_least
+from ..models import normalize_input
 
 UpdateKind = Literal["fedsgd", "fedavg"]
 
@@ -84,18 +85,10 @@ class UpdateConfig:
             raise ConfigError(f"local batch size must be a positive integer or None, got {self.local_batch_size!r}")
 
 
-def _normalize(x: torch.Tensor, mean: Sequence[float] | None, std: Sequence[float] | None) -> torch.Tensor:
-    if mean is None or std is None:
-        return x
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - m) / s
-
-
 def fedsgd_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mean=None, std=None) -> list[torch.Tensor]:
     """``∇θ (1/B) Σ CE(f(x_i), y_i)`` with the model in its current train/eval mode."""
     params = [p for p in model.parameters()]
-    loss = nn.functional.cross_entropy(model(_normalize(x, mean, std)), y)
+    loss = nn.functional.cross_entropy(model(normalize_input(x, mean, std)), y)
     return [g.detach() for g in torch.autograd.grad(loss, params)]
 
 
@@ -112,7 +105,7 @@ def batch_bn_stats(model: nn.Module, x: torch.Tensor, mean=None, std=None) -> li
     handles = [m.register_forward_hook(hook) for m in layers]
     try:
         with torch.no_grad():
-            model(_normalize(x, mean, std))
+            model(normalize_input(x, mean, std))
     finally:
         for h in handles:
             h.remove()

@@ -186,16 +186,10 @@ _FEATURE_CACHE_SIZE = 8  # a default sweep's batch sizes
 
 def model_fingerprint(model: torch.nn.Module) -> str:
     """A digest of the model's architecture, train/eval modes and every parameter and buffer."""
-    digest = hashlib.blake2b(digest_size=16)
-    digest.update(repr(model).encode())
-    digest.update(bytes(module.training for module in model.modules()))
-    for name, tensor in model.state_dict().items():
-        if not isinstance(tensor, torch.Tensor):  # a module's extra state may be any object
-            digest.update(f"{name} {tensor!r}".encode())
-            continue
-        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
+    from ...models import weights_fingerprint
+
+    modes = bytes(module.training for module in model.modules()).hex()
+    return hashlib.blake2b(f"{weights_fingerprint(model)} {modes}".encode(), digest_size=16).hexdigest()
 
 
 def sample_features(
