@@ -89,6 +89,8 @@ class ClientConfig:
     local_steps: int = option(1, "FedAvg local SGD steps.", ge=1)
     local_lr: float = option(0.1, "FedAvg local step size.", gt=0)
     local_batch_size: int | None = option(None, "FedAvg local mini-batch (default: the whole batch).", ge=1)
+    batches: int = option(1, "Updates the attacker observes from this client, each for a fresh private batch under "
+                             "the same model; names are pooled across them through the label map.", ge=1)
     observed_update: str | None = option(None, "Attack this recorded update file (from --save-update or a "
                                                "Flower capture) instead of simulating the client.")
 

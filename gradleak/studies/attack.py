@@ -1,7 +1,7 @@
 """One attack, end to end: config → client → observation → attacker → evaluation → files.
 
 :func:`run_attack` is what ``gradleak attack`` calls and what sweeps reuse. The attacker
-(:func:`attack_observation`, :func:`name_reconstructions`) only ever sees the
+(:func:`attack_observation`, :func:`~gradleak.studies.naming.name_batches`) only ever sees the
 :class:`~gradleak.threat.Observation` and its own side models; the true batch reaches
 :mod:`~gradleak.studies.evaluate` only.
 """
@@ -20,7 +20,8 @@ from ..errors import ConfigError
 from ..threat import Observation
 from .checks import check_inputs
 from .client import Client, client_update, observe, prepare_client
-from .evaluate import evaluate_guidance, evaluate_outcome, evaluate_semantics, no_truth_summary
+from .evaluate import evaluate_guidance, evaluate_naming, evaluate_outcome, no_truth_summary
+from .naming import name_batches
 from .side import AttackerSide
 
 # Below this side length a total-variation prior only blurs: each pixel of an 8×8 digit is a stroke.
@@ -46,7 +47,7 @@ class AttackResult:
     originals: torch.Tensor | None
     reconstruction: torch.Tensor
     class_names: list[str] = field(default_factory=list)
-    semantic: Any = None  # gradleak.semantic.SemanticLabels when a labeller ran
+    semantic: Any = None  # gradleak.studies.naming.Naming when a labeller ran
 
 
 def inversion_config(cfg: AttackConfig, input_shape: tuple[int, ...] | None = None):
@@ -98,28 +99,6 @@ def attack_observation(obs: Observation, cfg: AttackConfig, side: AttackerSide, 
     return AttackOutcome(guided.labels, label_method, guided.reconstruction, time.perf_counter() - started, guided)
 
 
-def name_reconstructions(side: AttackerSide, outcome: AttackOutcome, num_outputs: int):
-    """The attacker names its reconstructions; when the recovered output indices coincide with the
-    vocabulary (same size), their counts constrain the assignment. Restarts are pooled (aligned to
-    the kept reconstruction) into ``aggregated``."""
-    from ..semantic import aggregate_probabilities, align_rounds, constrained_assignment, label_images
-
-    labeller, names = side.labeller, side.class_names
-    counts = None
-    if len(names) == num_outputs:
-        counts = torch.bincount(outcome.labels.long(), minlength=num_outputs).tolist()
-    semantic = label_images(labeller, outcome.reconstruction.images, names, counts)
-    restarts = outcome.reconstruction.restart_images
-    if len(restarts) > 1:
-        tables = [labeller.probabilities(img, names) for img in restarts]
-        best = next((i for i, r in enumerate(restarts) if r is outcome.reconstruction.images), 0)
-        order = [best] + [i for i in range(len(restarts)) if i != best]
-        agg = aggregate_probabilities(align_rounds([restarts[i] for i in order], [tables[i] for i in order]))
-        semantic.aggregated = (constrained_assignment(agg.clamp_min(1e-12).log(), counts) if counts is not None
-                               else agg.argmax(dim=1).tolist())
-    return semantic
-
-
 def run_attack(cfg: AttackConfig, out_dir: str | Path | None = None, progress: bool = True,
                save_update_to: str | Path | None = None, save_truth: bool = False) -> AttackResult:
     """Simulate the client (or replay a recorded update), observe it under the threat model, attack
@@ -128,6 +107,8 @@ def run_attack(cfg: AttackConfig, out_dir: str | Path | None = None, progress: b
     from .outputs import write_outputs
 
     check_inputs(cfg)
+    if cfg.client.observed_update and cfg.client.batches > 1:
+        raise ConfigError("a recorded update is one batch: --batches needs a simulated client")
     recorded = load_update(cfg.client.observed_update) if cfg.client.observed_update else None
     torch.manual_seed(cfg.run.seed)
     client: Client = prepare_client(cfg, progress)
@@ -156,15 +137,22 @@ def run_attack(cfg: AttackConfig, out_dir: str | Path | None = None, progress: b
                 plain = attack_observation(obs, cfg.with_options(guidance="none"), side, progress)
                 summary["ssim_no_guidance"] = evaluate_images(plain.reconstruction.images, x).ssim
                 summary["ssim_with_guidance"] = summary["ssim"]
-    semantic = None
+    naming = None
     if cfg.semantic.labeler != "none":
-        semantic = name_reconstructions(side, outcome, data.num_classes)
+        outcomes, truths = [outcome], [(x, y)]
+        for r in range(1, cfg.client.batches):  # the client's further batches, under the same model
+            xr, yr = client.next_batch()
+            obs_r = observe(cfg, client.model, data, client_update(cfg, client, (xr, yr)), batch_size, labels=yr)
+            outcomes.append(attack_observation(obs_r, cfg.with_options(seed=cfg.run.seed + r), side, progress))
+            truths.append((xr, yr))
+        naming = name_batches(side, outcomes, data.num_classes)
+        summary["semantic_labels"] = [naming.class_names[i] for i in naming.top1]
         if y is not None:
-            summary.update(evaluate_semantics(side.labeller, semantic, x, y, data.class_names, summary["assignment"]))
-        else:
-            summary["semantic_labels"] = semantic.names()
-        summary["semantic_table"] = semantic.to_dict()
-    result = AttackResult(summary, x, outcome.reconstruction.images, data.class_names, semantic)
+            summary.update(evaluate_naming(side.labeller, naming, truths, data.class_names, summary["assignment"]))
+        summary["semantic_table"] = {"class_names": naming.class_names, "top1": naming.top1,
+                                     "label_map": naming.label_map, "probabilities": [
+                                         [round(float(p), 6) for p in row] for row in naming.tables[0]]}
+    result = AttackResult(summary, x, outcome.reconstruction.images, data.class_names, naming)
     if out_dir is not None:
         write_outputs(result, Path(out_dir))
     return result

@@ -25,6 +25,12 @@ class Client:
     images: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
+    generator: torch.Generator  # draws the client's further private batches, after the first
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Another private batch of the same size (the client's next local batch)."""
+        x, y, _ = self.data.sample_batch(self.images.shape[0], self.generator)
+        return x, y
 
 
 def public_split(split: str) -> str:
@@ -60,8 +66,9 @@ def prepare_client(cfg: AttackConfig, progress: bool = False) -> Client:
         raise ConfigError(f"batch size {cfg.data.batch_size} is larger than the {len(data)} images of "
                           f"{cfg.data.dataset} {cfg.data.split}")
     model = build_victim(cfg, data, cfg.run.seed, progress)
-    x, y, idx = data.sample_batch(cfg.data.batch_size, torch.Generator().manual_seed(cfg.run.seed))
-    return Client(data, model, x, y, idx)
+    generator = torch.Generator().manual_seed(cfg.run.seed)
+    x, y, idx = data.sample_batch(cfg.data.batch_size, generator)
+    return Client(data, model, x, y, idx, generator)
 
 
 def update_config(cfg: AttackConfig) -> UpdateConfig:
@@ -69,10 +76,11 @@ def update_config(cfg: AttackConfig) -> UpdateConfig:
     return UpdateConfig(c.update, c.local_steps, c.local_lr, c.local_batch_size)
 
 
-def client_update(cfg: AttackConfig, client: Client) -> ClientUpdate:
-    """The update the honest client sends for its private batch."""
-    return simulate_client(client.model, client.images, client.labels, update_config(cfg), client.data.mean,
-                           client.data.std)
+def client_update(cfg: AttackConfig, client: Client, batch: tuple[torch.Tensor, torch.Tensor] | None = None
+                  ) -> ClientUpdate:
+    """The update the honest client sends for its private batch (or for ``batch``)."""
+    x, y = batch if batch is not None else (client.images, client.labels)
+    return simulate_client(client.model, x, y, update_config(cfg), client.data.mean, client.data.std)
 
 
 def threat_model(cfg: AttackConfig) -> ThreatModel:

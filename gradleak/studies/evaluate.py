@@ -64,27 +64,42 @@ def _name_ids(names: list[str], vocabulary: dict[str, int]) -> list[int]:
     return [vocabulary.setdefault(n, len(vocabulary)) for n in names]
 
 
-def evaluate_semantics(labeller, semantic, x: torch.Tensor, y: torch.Tensor, true_names: list[str],
-                       assignment: list[int]) -> dict[str, Any]:
-    """Naming accuracy by class *name*, order-free and under the image matching; the labeller on the
-    originals is the upper bound."""
+def evaluate_naming(labeller, naming, truths: list[tuple[torch.Tensor, torch.Tensor]], true_names: list[str],
+                    assignment: list[int]) -> dict[str, Any]:
+    """Naming accuracy by class *name* on the first batch's images: the labeller alone (top-1 per
+    reconstruction, order-free and under the image matching), through the label map pooled over all
+    observed batches, and with the index → name map given (the gradient's counts constrain the
+    names: an upper bound no attacker without the map reaches). The labeller on the originals is the
+    ceiling. ``truths`` holds every observed batch's (images, labels), batch 0 first."""
+    from ..semantic import constrained_assignment
+
+    x, y = truths[0]
     vocab = {n: i for i, n in enumerate(true_names)}
     truth = [int(t) for t in y]
-    pred = _name_ids(semantic.names(), vocab)
-    top1 = _name_ids([semantic.class_names[i] for i in semantic.top1], vocab)
-    original = labeller.probabilities(x, semantic.class_names).argmax(dim=1).tolist()
-    original_ids = _name_ids([semantic.class_names[i] for i in original], vocab)
+    names = naming.class_names
+    top1 = _name_ids([names[i] for i in naming.top1], vocab)
+    original = labeller.probabilities(x, names).argmax(dim=1).tolist()
     out = {
-        "semantic_labels": semantic.names(),
-        "semantic_accuracy": label_accuracy(pred, truth),
-        "semantic_accuracy_top1": label_accuracy(top1, truth),
-        "semantic_matched_accuracy": matched_label_accuracy(pred, truth, assignment),
-        "semantic_random_baseline": random_baseline(truth, len(semantic.class_names)),
-        "original_semantic_accuracy": label_accuracy(original_ids, truth),
-        "original_semantic_labels": [semantic.class_names[i] for i in original],
+        "semantic_accuracy": label_accuracy(top1, truth),
+        "semantic_matched_accuracy": matched_label_accuracy(top1, truth, assignment),
+        "semantic_random_baseline": random_baseline(truth, len(names)),
+        "original_semantic_accuracy": label_accuracy(_name_ids([names[i] for i in original], vocab), truth),
+        "original_semantic_labels": [names[i] for i in original],
+        "semantic_batches": len(truths),
     }
-    aggregated = getattr(semantic, "aggregated", None)
-    if aggregated is not None:
-        agg_ids = _name_ids([semantic.class_names[i] for i in aggregated], vocab)
-        out["semantic_accuracy_aggregated"] = label_accuracy(agg_ids, truth)
+    if len(names) == len(true_names):
+        counts = torch.bincount(torch.as_tensor(naming.indices[0]), minlength=len(names)).tolist()
+        known = constrained_assignment(naming.tables[0].clamp_min(1e-12).log(), counts)
+        out["semantic_accuracy_known_map"] = label_accuracy(_name_ids([names[i] for i in known], vocab), truth)
+    if naming.label_map is not None:
+        mapped = _name_ids([names[i] for i in naming.by_label_map], vocab)
+        out["semantic_accuracy_aggregated"] = label_accuracy(mapped, truth)
+        # Output index i stands for the dataset's class i: the map is right where it names it so.
+        right = [i for i in naming.indices_seen if names[naming.label_map[i]] == true_names[i]]
+        out["label_map_accuracy"] = len(right) / len(naming.indices_seen) if naming.indices_seen else None
+        out["label_map_indices_seen"] = len(naming.indices_seen)
+        every = [t for _, ys in truths for t in ys.tolist()]
+        named = [naming.label_map[i] for idx in naming.indices for i in idx]
+        out["semantic_accuracy_aggregated_all"] = label_accuracy(
+            _name_ids([names[i] for i in named], vocab), every)
     return out

@@ -80,5 +80,5 @@ def write_outputs(result, out: Path) -> None:
         save_grid(out / "grid.png", [result.originals, recon], [top, bottom],
                   row_titles=["original", "reconstruction"])
     if result.semantic is not None:
-        save_probability_table(out / "probabilities.png", result.semantic.probabilities, result.semantic.class_names)
+        save_probability_table(out / "probabilities.png", result.semantic.tables[0], result.semantic.class_names)
     write_json(out / "result.json", s)
