@@ -31,7 +31,7 @@ from gradleak.experiments import (
     load_experiment,
     run_sweep,
 )
-from gradleak.experiments.report import HELD, NOT_HELD, NOT_MEASURED
+from gradleak.experiments.report import HELD, INCONCLUSIVE, NOT_HELD, NOT_MEASURED
 from gradleak.experiments.store import image_rows
 from gradleak.metrics import random_baseline
 
@@ -193,7 +193,11 @@ def test_shipped_experiments_parse(tmp_path):
     full = load_experiment(REPO_ROOT / "experiments" / "seed_claims.yaml", overrides={"data_dir": str(tmp_path)})
     assert {1, 2, 4, 8} <= {j.config.data.batch_size for j in small.jobs}
     assert not any(j.config.threat.knows_labels for j in small.jobs + full.jobs)
-    assert len(full.jobs) == 12 and Path(full.jobs[0].config.data.data_dir).is_absolute()
+    # three sub-grids: B × guidance × 5 seeds, 10 clients observed 10 times, 20 searches; the
+    # unguided B = 4 runs of the first are not the 10-batch runs of the second (batches differs)
+    assert len(full.jobs) == 4 * 2 * 5 + 10 + 20 and Path(full.jobs[0].config.data.data_dir).is_absolute()
+    assert {j.config.client.batches for j in full.jobs} == {1, 10}
+    assert {j.config.semantic.guidance for j in full.jobs} == {"none", "oracle", "search"}
     assert {j.config.data.data_dir for j in full.jobs} == {str(tmp_path)}
 
 
@@ -439,12 +443,21 @@ def test_report_states_the_claims_and_marks_missing_data(tmp_path):
     with ResultStore(tmp_path) as store:
         store.record("bad", AttackConfig.of(batch_size=2).to_dict(), error="DataError: no such folder")
     report = build_report(tmp_path)
-    verdicts = [c.verdict for c in report.claims]
-    assert verdicts == [HELD, HELD, NOT_MEASURED, NOT_MEASURED]
-    assert "B=4: 0.240" in report.claims[0].evidence  # mean SSIM at B=4: 0.9/4 + 0.01 * mean(0..3)
-    assert "not monotone" not in report.claims[0].evidence
+    claims = {c.key: c for c in report.claims}
+    assert list(claims) == ["1a", "1b", "2a", "2b", "3a", "3b", "4", "5"]
+    # Label accuracy is exact (1.0) at every B: label leakage does not drop, a row of its own now.
+    assert [c.verdict for c in claims.values()] == [HELD, NOT_HELD, HELD] + [NOT_MEASURED] * 5
+    ssim = claims["1a"]
+    assert "B=4: 0.240" in ssim.evidence  # mean SSIM at B=4: 0.9/4 + 0.01 * mean(0..3)
+    assert "not monotone" not in ssim.evidence
+    # Per image: 2 images at B=1 (0.9 each) vs 16 at B=8 (0.9/8 + 0.01 i, mean 0.1475).
+    assert (ssim.unit, ssim.sizes, ssim.effect) == ("images", (2, 16), pytest.approx(0.9 - 0.1475))
+    assert 0.0 < ssim.low <= ssim.effect <= ssim.high and ssim.p_value is None
+    assert "95% CI [" in ssim.evidence and "n = 2 vs 16 images" in ssim.evidence
+    assert claims["2a"].effect == pytest.approx(1.0 / random_baseline([0, 1, 2, 3], 10))
     page = report.html.read_text()
     assert "Seed claims" in page and page.count("data:image/png;base64,") == 3
+    assert all(h in page for h in ("<th>effect</th>", "<th>95% CI</th>", "<th>n</th>", "<th>p (paired)</th>"))
     assert "no data" in page and "DataError: no such folder" in page
     assert {k for k, v in report.plots.items() if v is not None} == {"label_accuracy", "ssim", "grid_examples"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in report.plots.values() if p is not None)
@@ -462,16 +475,25 @@ def test_report_uses_semantic_and_guidance_data_when_runs_have_them(tmp_path):
 
     _sweep_synthetic(tmp_path, extra)
     report = build_report(tmp_path)
-    claims = report.claims
-    assert [c.verdict for c in claims] == [NOT_HELD, HELD, HELD, NOT_HELD]
+    claims = {c.key: c for c in report.claims}
+    # SSIM drops; label accuracy rises (0.6 → 1.0); both B=4 rows beat their thresholds; aggregation
+    # gains +0.1 on all 8 runs; oracle guidance loses SSIM on the 6 runs with B > 1 (ties at B = 1).
+    assert {k: c.verdict for k, c in claims.items()} == {
+        "1a": HELD, "1b": NOT_HELD, "2a": HELD, "2b": HELD, "3a": HELD, "3b": NOT_MEASURED, "4": NOT_HELD,
+        "5": NOT_MEASURED}
+    assert claims["1b"].high < 0.0
+    assert claims["3a"].effect == pytest.approx(0.1) and claims["3a"].p_value < 0.05 and claims["3a"].n == 8
+    assert claims["4"].high < 0.0 and claims["4"].p_value < 0.05 and claims["4"].unit == "pairs"
     # At the ceiling there is no room to improve: the claim cannot be tested there.
     with ResultStore(tmp_path) as store:
         for run in store.runs():
             store.record(run.id, run.config, summary={**run.metrics, "semantic_accuracy": 1.0,
                                                       "semantic_accuracy_aggregated": 1.0})
-    assert build_report(tmp_path).claims[2].verdict == NOT_MEASURED
-    # The B=4 claim uses semantic accuracy when present: 0.7 vs the exact baseline 0.3439 is 2.04×.
-    assert "semantic accuracy 0.700" in claims[1].evidence and "2.04×" in claims[1].evidence
+    assert build_report(tmp_path).claims[4].verdict == NOT_MEASURED
+    # Naming (2b) reads semantic accuracy, label recovery (2a) label accuracy: separate rows.
+    # 0.7 vs the exact baseline 0.3439 is 2.04× random; 0.9 vs 0.3439 is 2.62×.
+    assert "naming accuracy 0.700" in claims["2b"].evidence and "2.04×" in claims["2b"].evidence
+    assert "label accuracy 0.900" in claims["2a"].evidence and "2.62×" in claims["2a"].evidence
     assert report.plots["semantic"] is not None and report.plots["guidance"] is not None
     assert report.html.read_text().count("data:image/png;base64,") == 5
 
@@ -479,7 +501,7 @@ def test_report_uses_semantic_and_guidance_data_when_runs_have_them(tmp_path):
 def test_oracle_claim_pairs_runs_that_differ_only_in_guidance(tmp_path):
     # Runs of a later AttackConfig with a guidance field: the store and report take them as they are.
     with ResultStore(tmp_path) as store:
-        for seed in (0, 1):
+        for seed in range(6):
             for mode, ssim in (("none", 0.40), ("oracle", 0.55)):
                 cfg = {**AttackConfig.of(batch_size=2, seed=seed).to_dict(), "guidance": mode,
                        "guidance_weight": 0.0 if mode == "none" else 0.1}
@@ -488,24 +510,40 @@ def test_oracle_claim_pairs_runs_that_differ_only_in_guidance(tmp_path):
         lone = {**AttackConfig.of(batch_size=2, seed=9).to_dict(), "guidance": "oracle"}
         store.record("lone", lone, summary={**synthetic_summary(lone), "ssim": 0.0})
     report = build_report(tmp_path)
-    claim = report.claims[3]
-    assert claim.verdict == HELD
-    assert "0.555 ± 0.007 vs none 0.405 ± 0.007 over 2 pair(s)" in claim.evidence
+    claim = report.claims[6]
+    assert (claim.key, claim.verdict) == ("4", HELD)
+    # +0.15 on each of 6 pairs (the lone run is not one): exact two-sided Wilcoxon p = 2 / 2**6.
+    assert (claim.effect, claim.low, claim.high) == (pytest.approx(0.15),) * 3
+    assert claim.n == 6 and claim.p_value == pytest.approx(2 / 2**6)
+    assert "oracle 0.575 vs no guidance 0.425" in claim.evidence and "n = 6 pairs" in claim.evidence
     assert report.plots["guidance"] is not None
+    # Two pairs cannot rule out no effect (the smallest Wilcoxon p is 0.5), however clean they look.
+    from gradleak.experiments.report import claim_oracle_guidance_helps, load_runs
+
+    with ResultStore(tmp_path) as store:
+        two = [r for r in store.runs() if r.id in ("none0", "oracle0", "none1", "oracle1")]
+    assert claim_oracle_guidance_helps(load_runs(tmp_path, two)).verdict == INCONCLUSIVE
 
 
 def test_leakage_claim_needs_a_real_drop_and_names_non_monotone_steps():
-    from gradleak.experiments.report import Run, claim_leakage_drops
+    from gradleak.experiments.report import Run, claim_ssim_drops
 
-    def runs(ssims: dict[int, float]) -> list[Run]:
-        return [Run(f"r{b}", {"batch_size": b, "seed": 0}, {"ssim": v, "label_accuracy": 1.0}, Path("."))
-                for b, v in ssims.items()]
+    def runs(ssims: dict[int, float], seeds: int = 1, noise: float = 0.0) -> list[Run]:
+        # Per-run SSIM around the given mean, symmetric in the seeds (+noise, -noise, ...).
+        return [Run(f"r{b}-{s}", {"batch_size": b, "seed": s},
+                    {"ssim": v + noise * (-1) ** s, "label_accuracy": 1.0}, Path("."))
+                for b, v in ssims.items() for s in range(seeds)]
 
-    bumpy = claim_leakage_drops(runs({1: 0.9, 2: 0.5, 4: 0.7}))
-    assert bumpy.verdict == HELD and "not monotone: it rises B=2→4" in bumpy.evidence
-    flat = claim_leakage_drops(runs({1: 1.0, 8: 0.995}))  # within MIN_EFFECT: no drop
-    assert flat.verdict == NOT_HELD
-    assert claim_leakage_drops(runs({4: 0.5})).verdict == NOT_MEASURED
+    bumpy = claim_ssim_drops(runs({1: 0.9, 2: 0.5, 4: 0.7}, seeds=4, noise=0.01))
+    assert bumpy.verdict == HELD and "not monotone: the mean rises B=2→4 (+0.200)" in bumpy.evidence
+    assert bumpy.unit == "runs" and bumpy.sizes == (4, 4)
+    # One run per batch size has no interval: a 0.005 "drop" decides nothing (it was NOT HELD under
+    # the old fixed 0.01 threshold, and HELD would be no better).
+    assert claim_ssim_drops(runs({1: 1.0, 8: 0.995})).verdict == INCONCLUSIVE
+    # The same tiny drop within noise ten times its size: still undecided.
+    assert claim_ssim_drops(runs({1: 0.9, 8: 0.895}, seeds=10, noise=0.05)).verdict == INCONCLUSIVE
+    assert claim_ssim_drops(runs({1: 0.3, 8: 0.6}, seeds=4, noise=0.01)).verdict == NOT_HELD  # it rises
+    assert claim_ssim_drops(runs({4: 0.5})).verdict == NOT_MEASURED
 
 
 def test_report_without_a_store_is_a_data_error(tmp_path):

@@ -303,3 +303,22 @@ def test_clip_guided_search_runs_batched_equal_to_sequential(tiny_clip):
     assert [r.matching_loss for r in b.reconstructions] == pytest.approx([r.matching_loss for r in s.reconstructions],
                                                                          rel=1e-4)
     assert b.guidance_losses == pytest.approx(s.guidance_losses, rel=1e-4)
+
+
+def test_clip_guide_averages_over_views(tiny_clip):
+    """views=1 is the plain CLIP loss; with views, each view's loss reaches the pixels and the loss is
+    the mean over views of CLIP on the shifted/flipped/noised images."""
+    names = ["cat", "dog", "truck"]
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    targets = torch.tensor([0, 2])
+    plain = build_guide("clip", clip=tiny_clip, class_names=names)
+    text = tiny_clip.encode_texts(["image of a cat", "image of a truck"])
+    assert torch.equal(plain.per_image(x, targets), tiny_clip.guidance_loss(x, text, reduction="none"))
+    viewed = build_guide("clip", clip=tiny_clip, class_names=names, views=3, seed=4)
+    losses = viewed.view_losses(x, targets)
+    assert losses.shape == (3, 2) and len({round(v, 6) for v in losses[:, 0].tolist()}) == 3
+    for v in range(3):
+        (g,) = torch.autograd.grad(losses[v].sum(), [x], retain_graph=True)
+        assert g[0].abs().sum() > 0 and g[1].abs().sum() > 0
+    again = build_guide("clip", clip=tiny_clip, class_names=names, views=3, seed=4)
+    assert torch.equal(again.per_image(x, targets), losses.mean(dim=0))  # same seed, same draws

@@ -66,6 +66,9 @@ def test_several_batches_keep_the_first_batchs_numbers(tmp_path):
     assert single["semantic_batches"] == 1 and pooled["semantic_batches"] == 3
     assert 0.0 <= pooled["label_map_accuracy"] <= 1.0 and pooled["label_map_indices_seen"] >= 1
     assert {"semantic_accuracy_aggregated", "semantic_accuracy_known_map"} <= set(pooled)
+    # the first R batches of a longer run give the R-batch numbers (one run, the whole curve)
+    for key in ("label_map_accuracy", "semantic_accuracy_aggregated"):
+        assert pooled[f"{key}_R1"] == single[key] and pooled[f"{key}_R3"] == pooled[key]
 
 
 def test_a_recorded_update_is_one_batch():

@@ -7,7 +7,8 @@ An experiment file holds ``name:`` (optional), ``base:`` (fields every run share
     base: {dataset: digits, model: lenet, iterations: 300, tv: 0.0}
     grid: {batch_size: [1, 2, 4, 8], seed: [0, 1]}
 
-``base`` may nest options by section (``inversion: {iterations: 300}``). A relative ``data_dir`` is
+``grid`` may also be a list of such mappings: each sub-grid is expanded over the base and the runs
+are pooled (a run two sub-grids share runs once). ``base`` may nest options by section (``inversion: {iterations: 300}``). A relative ``data_dir`` is
 resolved against the YAML file's folder; without one, CIFAR-10 is read from ``--data-dir`` or
 ``$GRADLEAK_CIFAR10_DIR``. Every grid point is validated (option names, types, ranges, registered
 names, files) before anything runs, so a typo fails in a second instead of after hours of sweeping.
@@ -44,7 +45,7 @@ class Experiment:
 
     name: str
     base: dict[str, Any]
-    grid: dict[str, list[Any]]
+    grid: dict[str, list[Any]] | list[dict[str, list[Any]]]  # one grid, or sub-grids whose jobs are pooled
     jobs: list[Job]
     source: Path | None = None
 
@@ -103,11 +104,32 @@ def build_experiment(data: dict[str, Any], source: Path | None = None, name: str
     if unknown:
         raise ConfigError(f"unknown experiment key(s): {', '.join(unknown)} (expected {', '.join(TOP_LEVEL_KEYS)})")
     base = flatten(data.get("base") or {}, "base")
-    grid = _normalise_keys(data.get("grid") or {}, "grid")
+    raw = data.get("grid") or {}
+    listed = isinstance(raw, list)
+    grids = [_normalise_keys(g, f"grid[{i}]" if listed else "grid") for i, g in enumerate(raw if listed else [raw])]
     for key, value in (overrides or {}).items():
-        if key in grid:
+        if any(key in grid for grid in grids):
             raise ConfigError(f"{key} is a grid axis of this experiment; it cannot be overridden")
         base[key] = value
+    for grid in grids:
+        _check_grid(base, grid)
+    if source is not None and isinstance(base.get("data_dir"), str):
+        data_dir = Path(base["data_dir"]).expanduser()
+        if not data_dir.is_absolute():
+            base["data_dir"] = str((source.parent / data_dir).resolve())
+    jobs: dict[str, Job] = {}
+    for grid in grids:
+        configs = expand_grid(base, grid)
+        ids = [job_id(cfg) for cfg in configs]
+        if len(set(ids)) != len(ids):
+            raise ConfigError("the grid lists the same run twice (e.g. 0 and 0.0 for a float option)")
+        for run_id, cfg in zip(ids, configs):  # sub-grids may share runs: each runs once
+            jobs.setdefault(run_id, Job(run_id, canonical(cfg)))
+    title = str(data.get("name") or name or (source.stem if source else "experiment"))
+    return Experiment(title, base, grids if listed else grids[0], list(jobs.values()), source)
+
+
+def _check_grid(base: dict[str, Any], grid: dict[str, Any]) -> None:
     bad = sorted(set(grid) - set(OPTIONS))
     if bad:
         raise ConfigError(f"unknown attack option(s) in experiment grid: {', '.join(bad)}")
@@ -119,16 +141,6 @@ def build_experiment(data: dict[str, Any], source: Path | None = None, name: str
             raise ConfigError(f"grid.{key} must be a non-empty list of values")
         if len({canonical_json({"v": v}) for v in values}) != len(values):
             raise ConfigError(f"grid.{key} lists a value twice")
-    if source is not None and isinstance(base.get("data_dir"), str):
-        data_dir = Path(base["data_dir"]).expanduser()
-        if not data_dir.is_absolute():
-            base["data_dir"] = str((source.parent / data_dir).resolve())
-    configs = expand_grid(base, grid)
-    jobs = [Job(job_id(cfg), canonical(cfg)) for cfg in configs]
-    if len({job.id for job in jobs}) != len(jobs):
-        raise ConfigError("the grid lists the same run twice (e.g. 0 and 0.0 for a float option)")
-    title = str(data.get("name") or name or (source.stem if source else "experiment"))
-    return Experiment(title, base, grid, jobs, source)
 
 
 def load_experiment(path: str | Path, overrides: dict[str, Any] | None = None) -> Experiment:

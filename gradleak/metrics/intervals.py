@@ -128,6 +128,73 @@ def paired_difference(
     return PairedDifference(float(mean(diff)), low, high, int(diff.size), p_value)
 
 
+@dataclass(frozen=True)
+class Estimate:
+    """A statistic, its bootstrap interval ``(low, high)`` and the size of each sample it rests on."""
+
+    value: float
+    low: float
+    high: float
+    n: tuple[int, ...]
+
+
+def _bootstrap(samples: tuple[np.ndarray, ...], statistic: Callable[..., float], paired: bool, confidence: float,
+               resamples: int, seed: int) -> tuple[float, float]:
+    if not 0.0 < confidence < 1.0:
+        raise ConfigError(f"bootstrap: confidence must be in (0, 1), got {confidence}")
+    result = _scipy_stats.bootstrap(
+        samples, statistic, paired=paired, n_resamples=resamples, confidence_level=confidence,
+        method="percentile", **{_RNG_KEYWORD: np.random.default_rng(seed)},
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95, resamples: int = 9999,
+                  seed: int = 0) -> Estimate:
+    """The mean of ``values`` with its percentile bootstrap interval (see :func:`bootstrap_interval`)."""
+    array = _finite(values, "mean_interval")
+    low, high = bootstrap_interval(array, mean, confidence, resamples, seed)
+    return Estimate(float(mean(array)), low, high, (int(array.size),))
+
+
+def difference_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, resamples: int = 9999,
+                        seed: int = 0) -> Estimate:
+    """``mean(a) - mean(b)`` of two independent samples, each resampled on its own (percentile
+    bootstrap). A one-value sample has a point bootstrap distribution: it enters as a constant."""
+    first, second = _finite(a, "difference_interval"), _finite(b, "difference_interval")
+    value = float(mean(first) - mean(second))
+    if first.size == 1 and second.size == 1:
+        low = high = value
+    elif first.size == 1:
+        lo, hi = bootstrap_interval(second, mean, confidence, resamples, seed)
+        low, high = float(first[0]) - hi, float(first[0]) - lo
+    elif second.size == 1:
+        lo, hi = bootstrap_interval(first, mean, confidence, resamples, seed)
+        low, high = lo - float(second[0]), hi - float(second[0])
+    else:
+        low, high = _bootstrap((first, second), lambda x, y, axis=-1: mean(x, axis) - mean(y, axis), False,
+                               confidence, resamples, seed)
+    return Estimate(value, low, high, (int(first.size), int(second.size)))
+
+
+def ratio_interval(numerator: Sequence[float], denominator: Sequence[float], confidence: float = 0.95,
+                   resamples: int = 9999, seed: int = 0) -> Estimate:
+    """``mean(numerator) / mean(denominator)`` over paired observations (e.g. a run's accuracy and
+    its random baseline), the pairs resampled together; the denominators must be positive."""
+    num, den = _finite(numerator, "ratio_interval"), _finite(denominator, "ratio_interval")
+    if num.shape != den.shape:
+        raise ConfigError(f"ratio_interval: {num.size} vs {den.size} values; pairs need equal lengths")
+    if not (den > 0).all():
+        raise ConfigError("ratio_interval: denominators must be positive")
+    value = float(mean(num) / mean(den))
+    if num.size == 1:
+        return Estimate(value, value, value, (1,))
+    low, high = _bootstrap((num, den), lambda x, y, axis=-1: mean(x, axis) / mean(y, axis), True,
+                           confidence, resamples, seed)
+    return Estimate(value, low, high, (int(num.size),))
+
+
 __all__ = [
-    "PairedDifference", "Stat", "bootstrap_interval", "mean", "paired_difference", "standard_error", "stat", "std",
+    "Estimate", "PairedDifference", "Stat", "bootstrap_interval", "difference_interval", "mean", "mean_interval",
+    "paired_difference", "ratio_interval", "standard_error", "stat", "std",
 ]

@@ -95,7 +95,7 @@ def attack_observation(obs: Observation, cfg: AttackConfig, side: AttackerSide, 
         raise ConfigError("oracle guidance needs the true labels, which only the evaluator has")
     guided = run_guided(obs, estimate if estimate is not None else labels, inv, mode=s.guidance, guide_name=s.guide,
                         weight=s.guidance_weight, true_labels_for_oracle=oracle_labels, class_names=obs.class_names,
-                        progress=progress, search_space=s.search_space, **side.guide_models())
+                        progress=progress, search_space=s.search_space, views=s.guide_views, **side.guide_models())
     return AttackOutcome(guided.labels, label_method, guided.reconstruction, time.perf_counter() - started, guided)
 
 

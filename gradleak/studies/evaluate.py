@@ -102,4 +102,8 @@ def evaluate_naming(labeller, naming, truths: list[tuple[torch.Tensor, torch.Ten
         named = [naming.label_map[i] for idx in naming.indices for i in idx]
         out["semantic_accuracy_aggregated_all"] = label_accuracy(
             _name_ids([names[i] for i in named], vocab), every)
+        for r, (mapping, seen) in sorted(naming.prefix_maps.items()):
+            out[f"label_map_accuracy_R{r}"] = sum(names[mapping[i]] == true_names[i] for i in seen) / len(seen)
+            out[f"semantic_accuracy_aggregated_R{r}"] = label_accuracy(
+                _name_ids([names[mapping[i]] for i in naming.indices[0]], vocab), truth)
     return out

@@ -17,6 +17,10 @@ import torch
 
 from ..errors import ConfigError
 
+# Numbers of batches at which the pooled map is also reported (the seed's aggregation curve): the
+# first R batches of a longer run are exactly a run with R batches, so one run gives the whole curve.
+PREFIXES = (1, 2, 5, 10, 20)
+
 
 @dataclass
 class Naming:
@@ -27,6 +31,8 @@ class Naming:
     class_names: list[str]
     label_map: list[int] | None = None  # output index → name index, pooled over all batches
     indices_seen: list[int] = field(default_factory=list)
+    # R → (label map, indices seen) from the first R batches only, for R in PREFIXES below the total
+    prefix_maps: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)
 
     @property
     def top1(self) -> list[int]:
@@ -68,8 +74,10 @@ def name_batches(side, outcomes, num_outputs: int) -> Naming:
     naming = Naming(tables, indices, list(names))
     if len(names) >= num_outputs:  # a one-to-one map needs a name for every index
         evidence = LabelMapEvidence(num_outputs, len(names))
-        for idx, table in zip(indices, tables):
+        for r, (idx, table) in enumerate(zip(indices, tables), start=1):
             evidence.add_round(idx, table)
-        naming.label_map = solve_label_map(evidence)
-        naming.indices_seen = sorted(int(i) for i in evidence.observations.nonzero().flatten())
+            seen = sorted(int(i) for i in evidence.observations.nonzero().flatten())
+            if r in PREFIXES or r == len(outcomes):
+                naming.prefix_maps[r] = (solve_label_map(evidence), seen)
+        naming.label_map, naming.indices_seen = naming.prefix_maps[len(outcomes)]
     return naming

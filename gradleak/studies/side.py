@@ -1,5 +1,10 @@
 """The attacker's side models for one run — public data, the auxiliary classifier, CLIP, the
-labeller — each built once, on first use, and shared by label recovery, guidance and naming."""
+labeller — each built once, on first use, and shared by label recovery, guidance and naming.
+
+The auxiliary classifier is loaded from ``--classifier FILE`` or trained on the public split
+(standard or PGD-adversarial, ``classifier_training``) through the on-disk cache
+(:func:`gradleak.vision.cached_classifier`); its card (``classifier_card``) states its clean and
+adversarial accuracy."""
 
 from __future__ import annotations
 
@@ -30,7 +35,8 @@ class AttackerSide:
 
     @property
     def uses_public(self) -> bool:
-        return self.uses_classifier or self.cfg.recovery.label_aux == "public"
+        trains = self.uses_classifier and not self.cfg.semantic.classifier
+        return trains or self.cfg.recovery.label_aux == "public"
 
     def build(self) -> "AttackerSide":
         """Build everything this run needs now, before any inversion (a bad model path fails first)."""
@@ -49,13 +55,44 @@ class AttackerSide:
         return load_dataset(d.dataset, public_split(d.split), d.data_dir)
 
     @cached_property
-    def classifier(self):
-        """The auxiliary classifier, trained once on the public split (labeller and guide share it)."""
-        from ..vision import train_public_classifier
+    def _carded_classifier(self):
+        """(model, card): loaded from ``classifier``, or trained on the public split — or found in the
+        cache from an earlier run with the same data and settings. The card's accuracies are measured
+        on the private split's images when this run has them (evaluator-side: never trained on),
+        else on a held-out part of the public split."""
+        from ..vision import cached_classifier, load_classifier
 
-        p = self.public
-        return train_public_classifier(p.images, p.labels, p.num_classes, steps=self.cfg.semantic.classifier_steps,
-                                       seed=self.cfg.run.seed)
+        s = self.cfg.semantic
+        if s.classifier:
+            loaded = load_classifier(s.classifier)
+            self._check_fits(loaded.card, s.classifier)
+            return loaded
+        p, ev = self.public, self.data
+        return cached_classifier(p.images, p.labels, p.num_classes, p.class_names, steps=s.classifier_steps,
+                                 seed=self.cfg.run.seed, adversarial=s.classifier_training == "adversarial",
+                                 eval_images=None if ev is None else ev.images,
+                                 eval_labels=None if ev is None else ev.labels)
+
+    def _check_fits(self, card, path: str) -> None:
+        if self.data is None:
+            return
+        d = self.data
+        if tuple(card.input_shape) != tuple(d.input_shape) or card.num_classes != d.num_classes:
+            raise ConfigError(f"classifier {path} takes {tuple(card.input_shape)} images of {card.num_classes} classes; "
+                              f"{d.name} has {tuple(d.input_shape)} and {d.num_classes}")
+        if card.class_names and list(card.class_names) != list(d.class_names):
+            # the guide indexes the classifier's outputs by class number: the order must agree
+            raise ConfigError(f"classifier {path} names its classes {card.class_names}, not {d.name}'s {d.class_names}")
+
+    @property
+    def classifier(self):
+        """The auxiliary classifier, built once (labeller and guide share it)."""
+        return self._carded_classifier.model
+
+    @property
+    def classifier_card(self):
+        """The classifier's :class:`~gradleak.vision.ClassifierCard` (clean / PGD accuracy, training)."""
+        return self._carded_classifier.card
 
     @cached_property
     def clip(self):
@@ -79,9 +116,9 @@ class AttackerSide:
         if name == "clip":
             return build_labeller("clip", backend=self.clip, templates=self.cfg.semantic.prompts)
         if name == "classifier":
-            p = self.public
-            return build_labeller("classifier", model=self.classifier, class_names=p.class_names,
-                                  input_shape=tuple(p.images.shape[1:]))
+            card = self.classifier_card
+            return build_labeller("classifier", model=self.classifier, class_names=card.class_names,
+                                  input_shape=tuple(card.input_shape))
         return build_labeller(name)
 
     def label_aux(self):

@@ -9,6 +9,16 @@ image shows its guidance class. Two guides, one registry (:data:`GUIDES`):
   data (:func:`gradleak.vision.train_public_classifier`): the offline stand-in for CLIP (no weights
   to download).
 
+Views (``views`` > 1): a guide scores V random differentiable views of each image — a zero-padded
+shift of up to H/8 pixels (the classifier's own training augmentation), a horizontal flip (colour
+images only: digits are not mirror-symmetric) and Gaussian noise of σ ≤ 0.03 — and averages the
+loss over them, as CLIP-guided synthesis averages over augmented cutouts (Crowson et al.,
+VQGAN-CLIP 2022; Mordvintsev et al. 2018 "transformation robustness"): a pixel pattern that fools
+the model in one exact position rarely fools it under every shift, so the averaged gradient favours
+what the class looks like. ``views=1`` scores the image itself, exactly as before. The draws come
+from the guide's own generator, seeded from the inversion's seed: a run is reproducible, but with
+views > 1 the batched search and the sequential loop draw differently and no longer agree.
+
 A guide returns one loss per image so that the batched search (``batched.py``) can reduce it per
 candidate; :class:`GuidanceRegularizer` wraps a guide with fixed targets as a regulariser of the
 ordinary (sequential) inversion and is registered as ``"guidance"`` in
@@ -45,6 +55,75 @@ class Guide(Protocol):
 GUIDES: Registry[Callable[..., Guide]] = Registry("guide")
 
 
+VIEW_NOISE_STD = 0.03
+VIEW_SEED_OFFSET = 104_729  # the views' stream differs from the initial images' (same inversion seed)
+
+
+class ViewSampler:
+    """Random differentiable views of images (N, C, H, W): per image and view, a zero-padded shift of
+    up to ``max_shift`` px (default H/8), a horizontal flip with probability ½ (``flip``; default:
+    colour images) and Gaussian noise of σ ~ U(0, ``noise_std``). Draws from its own generator."""
+
+    def __init__(self, views: int = 1, seed: int = 0, max_shift: int | None = None, flip: bool | None = None,
+                 noise_std: float = VIEW_NOISE_STD):
+        if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+            raise ConfigError(f"guide views must be a positive integer; got {views!r}")
+        self.views, self.max_shift, self.flip, self.noise_std = views, max_shift, flip, float(noise_std)
+        self.generator = torch.Generator().manual_seed(int(seed) + VIEW_SEED_OFFSET)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """(V, N, C, H, W) views of ``x``; ``views=1`` returns ``x`` itself (unsqueezed), untouched."""
+        if self.views == 1:
+            return x.unsqueeze(0)
+        v, (n, c, h, w) = self.views, x.shape
+        m, g = v * n, self.generator
+        s = max(1, h // 8) if self.max_shift is None else int(self.max_shift)
+        xs = x.unsqueeze(0).expand(v, *x.shape).reshape(m, c, h, w)
+        if s > 0:
+            # per-view crop of the zero-padded image at offsets (dy, dx) ∈ [0, 2s]²: a shift by (s−dy, s−dx)
+            padded = F.pad(xs, (s, s, s, s))
+            dy, dx = torch.randint(0, 2 * s + 1, (2, m), generator=g).to(x.device)
+            rows = (torch.arange(h, device=x.device) + dy[:, None])[:, None, :, None]  # (M, 1, H, 1)
+            cols = (torch.arange(w, device=x.device) + dx[:, None])[:, None, None, :]  # (M, 1, 1, W)
+            xs = padded[torch.arange(m, device=x.device)[:, None, None, None],
+                        torch.arange(c, device=x.device)[None, :, None, None], rows, cols]
+        flip = c == 3 if self.flip is None else self.flip
+        if flip:
+            mask = (torch.rand(m, 1, 1, 1, generator=g) < 0.5).to(x.device)
+            xs = torch.where(mask, xs.flip(-1), xs)
+        if self.noise_std > 0:
+            sigma = (torch.rand(m, 1, 1, 1, generator=g) * self.noise_std).to(x)
+            xs = xs + sigma * torch.randn(xs.shape, generator=g).to(x)  # unclamped: no dead gradients at 0 / 1
+        return xs.view(v, n, c, h, w)
+
+
+class _ViewAveraged:
+    """Shared by the guides: ``per_image`` = the mean over views of ``_loss`` (one loss per image)."""
+
+    sampler: ViewSampler
+
+    def _loss(self, x: Tensor, targets: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def views(self) -> int:
+        return self.sampler.views
+
+    def view_losses(self, x: Tensor, targets: Tensor) -> Tensor:
+        """Loss of every view of every image, (V, N); one batched call of the model."""
+        xs = self.sampler(x)
+        v, n = xs.shape[:2]
+        targets = torch.as_tensor(targets, dtype=torch.long, device=x.device).reshape(-1)
+        if targets.shape[0] != n:
+            raise ConfigError(f"{targets.shape[0]} guidance classes for {n} images")
+        return self._loss(xs.reshape(v * n, *xs.shape[2:]), targets.repeat(v)).view(v, n)
+
+    def per_image(self, x: Tensor, targets: Tensor) -> Tensor:
+        if self.sampler.views == 1:
+            return self._loss(x, targets)  # the unaugmented loss itself, bit for bit
+        return self.view_losses(x, targets).mean(dim=0)
+
+
 def _check_targets(x: Tensor, targets: Tensor, num_classes: int) -> Tensor:
     targets = torch.as_tensor(targets, dtype=torch.long, device=x.device).reshape(-1)
     if targets.shape[0] != x.shape[0]:
@@ -55,17 +134,17 @@ def _check_targets(x: Tensor, targets: Tensor, num_classes: int) -> Tensor:
 
 
 @GUIDES.register("clip")
-class ClipGuide:
+class ClipGuide(_ViewAveraged):
     """CLIP guidance (Malcewicz et al. 2025; CLIP: Radford et al. 2021).
 
     Text embeddings of ``template`` filled with each class name are computed once; per step only
-    the image tower runs (frozen; gradients flow to the pixels only).
+    the image tower runs (frozen; gradients flow to the pixels only), on ``views`` views per image.
     """
 
     name = "clip"
 
     def __init__(self, clip: Any = None, class_names: Sequence[str] | None = None,
-                 template: str = GUIDANCE_TEMPLATE, **_: Any):
+                 template: str = GUIDANCE_TEMPLATE, views: int = 1, seed: int = 0, **_: Any):
         if clip is None:
             raise ConfigError("the clip guide needs a CLIP model (pass --clip-model DIR, or use --guide classifier offline)")
         if not class_names:
@@ -75,26 +154,30 @@ class ClipGuide:
         self.template = template
         with torch.no_grad():
             self.text = clip.class_text_embeddings(self.class_names, template).float()  # (C, D), unit norm
+        self.sampler = ViewSampler(views, seed)
 
-    def per_image(self, x: Tensor, targets: Tensor) -> Tensor:
+    def _loss(self, x: Tensor, targets: Tensor) -> Tensor:
         targets = _check_targets(x, targets, len(self.class_names))
         return self.clip.guidance_loss(x, self.text[targets.to(self.text.device)], reduction="none").to(x.device)
 
 
 @GUIDES.register("classifier")
-class ClassifierGuide:
+class ClassifierGuide(_ViewAveraged):
     """Cross-entropy of the attacker's auxiliary classifier (trained on public data, taking [0, 1]
-    pixels) toward each image's guidance class; frozen, in eval mode."""
+    pixels) toward each image's guidance class; frozen, in eval mode. Train it adversarially
+    (``classifier_training="adversarial"``) so its input gradients point toward the class's look."""
 
     name = "classifier"
 
-    def __init__(self, aux_classifier: nn.Module | None = None, num_classes: int | None = None, **_: Any):
+    def __init__(self, aux_classifier: nn.Module | None = None, num_classes: int | None = None, views: int = 1,
+                 seed: int = 0, **_: Any):
         if aux_classifier is None:
             raise ConfigError("the classifier guide needs an auxiliary classifier trained on public data")
         self.model = copy.deepcopy(aux_classifier).eval().requires_grad_(False)
         self.num_classes = num_classes
+        self.sampler = ViewSampler(views, seed)
 
-    def per_image(self, x: Tensor, targets: Tensor) -> Tensor:
+    def _loss(self, x: Tensor, targets: Tensor) -> Tensor:
         logits = self.model(x)
         targets = _check_targets(x, targets, self.num_classes or logits.shape[-1])
         return F.cross_entropy(logits.float(), targets, reduction="none")
@@ -102,7 +185,8 @@ class ClassifierGuide:
 
 def build_guide(name: str, **kwargs: Any) -> Guide:
     """A guide by name: ``clip`` (clip=ClipBackend, class_names=, template=) or ``classifier``
-    (aux_classifier=, num_classes=)."""
+    (aux_classifier=, num_classes=); both take ``views`` (random views averaged per step) and
+    ``seed`` (of the views' draws)."""
     return GUIDES.get(name)(**kwargs)
 
 

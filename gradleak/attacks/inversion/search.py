@@ -290,6 +290,7 @@ def run_guided(
     selection: str = "matching",
     batched: bool = True,
     constrain_by_counts: bool = True,
+    views: int = 1,
 ) -> GuidanceOutcome:
     """Guided reconstruction (``oracle``), label search by guidance (``search``) or none.
 
@@ -301,6 +302,8 @@ def run_guided(
     compares (``matching`` = L_grad, ``matching+prior`` = L_grad + λ_TV L_TV). ``batched=False`` (or
     L-BFGS) runs the candidates in a Python loop instead (same results, slower).
     ``constrain_by_counts=False`` enumerates B > 1 candidates without the recovered counts.
+    ``views``: random views of each reconstruction the guide averages per step (1: the image itself;
+    drawn from the inversion seed; :class:`~gradleak.attacks.inversion.guidance.ViewSampler`).
     """
     started = time.perf_counter()
     plan_for = GUIDANCE_MODES.get(mode)
@@ -326,7 +329,7 @@ def run_guided(
         raise ConfigError(f"--guidance-weight must be a non-negative number; got {weight}")
     names = class_names if class_names is not None else obs.class_names
     guide = build_guide(guide_name, clip=clip_model, class_names=names, aux_classifier=aux_classifier,
-                        num_classes=obs.num_classes)
+                        num_classes=obs.num_classes, views=views, seed=inversion_config.seed)
     guidance = Guidance(guide, weight)
     run = invert_batched if batched and inversion_config.optimizer == "adam" else invert_sequential
     result: BatchedInversion = run(obs, plan.labels, inversion_config, guidance, plan.guidance, progress=progress)

@@ -3,10 +3,12 @@
 The page shows label accuracy and SSIM against batch size with the random baseline, the semantic
 and guidance comparisons when the runs recorded them ("no data" otherwise), the image grids of the
 seed (reconstruction over original, B = 1, 2, 4), tables of mean ± spread over seeds, and the
-seed's four claims (Malcewicz et al. 2025), each with the measured numbers and a verdict.
+seed's claims (Malcewicz et al. 2025), each a measured quantity with its effect, 95% bootstrap
+interval, n, paired p-value and verdict.
 
-Modules: :mod:`.runs` reads and groups the runs, :mod:`.plots` draws, :mod:`.claims` checks the
-claims, :mod:`.html` renders the page; statistics come from :mod:`gradleak.metrics.intervals`.
+Modules: :mod:`.runs` reads and groups the runs, :mod:`.plots` draws, :mod:`.claims` measures the
+claims, :mod:`.verdicts` judges them, :mod:`.html` renders the page; statistics come from
+:mod:`gradleak.metrics.intervals`.
 """
 
 from __future__ import annotations
@@ -18,21 +20,22 @@ from ...io import atomic_write
 from ...metrics.intervals import Stat, stat
 from ..store import ResultStore
 from .claims import (
+    BATCHES_FIELD,
     CLAIMS,
-    HELD,
-    MIN_EFFECT,
-    NOT_HELD,
-    NOT_MEASURED,
-    Claim,
     claim_aggregation_helps,
-    claim_b4_beats_random,
-    claim_leakage_drops,
+    claim_b4_labels_beat_random,
+    claim_b4_naming_twice_random,
+    claim_label_accuracy_drops,
+    claim_more_batches_help,
     claim_oracle_guidance_helps,
+    claim_search_beats_random,
+    claim_ssim_drops,
     evaluate_claims,
 )
 from .html import render_html, summary_table
 from .plots import PLOTS, Plot, save_plots
 from .runs import Run, by_batch, group_series, load_runs, series_label, varying_fields
+from .verdicts import HELD, INCONCLUSIVE, NOT_HELD, NOT_MEASURED, VERDICTS, Claim, decide
 
 REPORT_FILE = "report.html"
 
@@ -75,8 +78,10 @@ def build_report(out: str | Path) -> Report:
 
 
 __all__ = [
-    "CLAIMS", "HELD", "MIN_EFFECT", "NOT_HELD", "NOT_MEASURED", "PLOTS", "REPORT_FILE", "Claim", "Plot", "Report",
-    "Run", "Stat", "build_report", "by_batch", "claim_aggregation_helps", "claim_b4_beats_random",
-    "claim_leakage_drops", "claim_oracle_guidance_helps", "evaluate_claims", "group_series", "load_runs",
-    "render_html", "series_label", "stat", "summary_table", "varying_fields",
+    "BATCHES_FIELD", "CLAIMS", "HELD", "INCONCLUSIVE", "NOT_HELD", "NOT_MEASURED", "PLOTS", "REPORT_FILE", "VERDICTS",
+    "Claim", "Plot", "Report", "Run", "Stat", "build_report", "by_batch", "claim_aggregation_helps",
+    "claim_b4_labels_beat_random", "claim_b4_naming_twice_random", "claim_label_accuracy_drops",
+    "claim_more_batches_help", "claim_oracle_guidance_helps", "claim_search_beats_random", "claim_ssim_drops",
+    "decide", "evaluate_claims", "group_series", "load_runs", "render_html", "series_label", "stat",
+    "summary_table", "varying_fields",
 ]

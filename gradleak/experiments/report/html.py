@@ -9,7 +9,7 @@ from typing import Sequence
 
 from ...metrics.intervals import stat
 from ..store import RunRecord
-from .claims import Claim
+from .verdicts import ALPHA, MIN_UNITS, Claim
 from .plots import Plot
 from .runs import AGGREGATED_KEY, NO_GUIDANCE_SSIM_KEY, SEMANTIC_BASELINE_KEY, Run, group_series
 
@@ -48,7 +48,7 @@ th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 table.claims td { text-align: left; vertical-align: top; }
 .HELD { color: #176617; font-weight: bold; } .DID-NOT-HOLD { color: #a11; font-weight: bold; }
-.NOT-MEASURED { color: #777; font-weight: bold; }
+.NOT-MEASURED { color: #777; font-weight: bold; } .INCONCLUSIVE { color: #a60; font-weight: bold; }
 figure { margin: 1em 0 2em; } img.plot { max-width: 100%; border: 1px solid #eee; }
 .missing { color: #777; font-style: italic; }
 """
@@ -65,12 +65,25 @@ window.addEventListener('load', function () {
 """
 
 
+CLAIM_COLUMNS = ("", "claim", "quantity", "effect", "claimed", "95% CI", "n", "p (paired)", "verdict", "details")
+RULES = ("Each claim is an effect claimed to exceed a threshold, with a 95% percentile-bootstrap interval "
+         "(resampling images for per-image SSIM, runs otherwise) and, for paired comparisons, the Wilcoxon "
+         f"signed-rank p-value. HELD: the interval lies wholly beyond the threshold in the claimed direction "
+         f"(and p < {ALPHA:g} when paired). DID NOT HOLD: the interval excludes every effect in the claimed "
+         f"direction (and p < {ALPHA:g} when paired, unless every pair is identical). INCONCLUSIVE: otherwise, "
+         f"or fewer than {MIN_UNITS} units in a group. NOT MEASURED: the runs lack the data. Claims 1-3 read the "
+         "unguided runs (oracle guidance hands the attacker the true class).")
+
+
 def _claims_html(claims: Sequence[Claim]) -> str:
     esc = html.escape
     rows = "".join(
-        f"<tr><td>{esc(c.text)}</td><td class='{c.verdict.replace(' ', '-')}'>{esc(c.verdict)}</td>"
-        f"<td>{esc(c.evidence)}</td></tr>" for c in claims)
-    return ("<table class='claims'><thead><tr><th>claim</th><th>verdict</th><th>measured</th></tr></thead>"
+        "<tr>" + "".join(f"<td>{esc(x)}</td>" for x in (
+            c.key, c.text, c.quantity, c.effect_text, c.threshold or "—", c.ci_text, c.n_text, c.p_text))
+        + f"<td class='{c.verdict.replace(' ', '-')}'>{esc(c.verdict)}</td><td>{esc(c.details)}</td></tr>"
+        for c in claims)
+    head = "".join(f"<th>{esc(h)}</th>" for h in CLAIM_COLUMNS)
+    return (f"<p>{esc(RULES)}</p><table class='claims'><thead><tr>{head}</tr></thead>"
             f"<tbody>{rows}</tbody></table>")
 
 

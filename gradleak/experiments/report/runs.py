@@ -87,12 +87,23 @@ def by_batch(runs: Sequence[Run], metric: Callable[[Run], float | None]) -> dict
     return batch_stats((r.batch_size, metric(r)) for r in runs)
 
 
+def guidance_mode(run: Run) -> str | None:
+    """The guidance mode a run used (summary first, then config), ``None`` when it names none."""
+    mode = run.metrics.get(GUIDANCE_MODE_KEY) or next(
+        (run.config[f] for f in GUIDANCE_FIELDS if run.config.get(f) is not None), None)
+    return None if mode is None else str(mode)
+
+
+def unguided(runs: Sequence[Run]) -> list[Run]:
+    """The runs without guidance (mode ``none`` or not named)."""
+    return [r for r in runs if guidance_mode(r) in (None, "none")]
+
+
 def guidance_points(runs: Sequence[Run]) -> list[tuple[str, Run, float]]:
     """(guidance mode, run, SSIM) from runs that varied the guidance field or recorded both SSIMs."""
     points = []
     for r in runs:
-        mode = r.metrics.get(GUIDANCE_MODE_KEY) or next(
-            (r.config[f] for f in GUIDANCE_FIELDS if r.config.get(f) is not None), None)
+        mode = guidance_mode(r)
         ssim = r.value("ssim")
         if mode is not None and ssim is not None:
             points.append((str(mode), r, ssim))
