@@ -20,7 +20,7 @@ from . import cli
               help="Where runs execute; ray needs the 'ray' extra.")
 @click.option("--address", default=None,
               help="Ray cluster address (e.g. ray://head:10001 or auto); default: start a local Ray instance "
-                   "listening on 127.0.0.1 only.")
+                   "(its servers listen on every interface, guarded by Ray's token authentication).")
 @click.option("--data-dir", type=click.Path(), default=None,
               help="CIFAR-10 folder for every run (overrides the file's data_dir; default: $GRADLEAK_CIFAR10_DIR).")
 @click.option("--report/--no-report", "make_report", default=False, show_default=True,

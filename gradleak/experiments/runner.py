@@ -7,7 +7,7 @@ machine (Ray) needs no shared disk, and a row marked ``done`` always has its art
 
 Backends (:data:`BACKENDS`) turn a list of jobs into an iterator of :class:`JobOutcome` in completion
 order: ``local`` (in this process for one worker, else a spawn-context process pool) and ``ray``
-(``ray.init(address=...)``, by default a local instance bound to 127.0.0.1; needs the ``ray`` extra).
+(``ray.init(address=...)``, a local instance by default; needs the ``ray`` extra).
 """
 
 from __future__ import annotations
@@ -151,9 +151,11 @@ def ray_backend(jobs: Sequence[Job], job_fn: JobFunction, workers: int, threads:
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if address:
             options["address"] = address
-        else:  # a private instance: every Ray server listens on the loopback interface only
+        else:
+            # Ray's own servers (GCS, raylet, workers) listen on every interface and Ray refuses a
+            # loopback node address (ray._private.services.resolve_ip_for_localhost); what guards a
+            # local instance is Ray's token authentication, on by default since Ray 2.5x.
             options["num_cpus"] = max(1, workers)
-            options["_node_ip_address"] = "127.0.0.1"
             if os.environ.get("RAY_TMPDIR"):
                 options["_temp_dir"] = os.environ["RAY_TMPDIR"]
         try:
