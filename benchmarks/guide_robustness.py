@@ -12,8 +12,11 @@ it (iDLG, exact at B = 1), and the inversion the CLI would run (``gradleak attac
 ``--iterations``) four times: without guidance, and with oracle guidance (the true class; an upper
 bound on what guidance adds) by the standard stand-in (1 view), the robust one (1 view) and the robust
 one averaged over ``--views`` random views. The table gives mean SSIM and the paired gain over no
-guidance (bootstrap 95 % interval, Wilcoxon p; ``gradleak.metrics.intervals.paired_difference``).
-``--train-only`` trains (or loads) the stand-ins and stops.
+guidance (bootstrap 95 % interval, Wilcoxon p; ``gradleak.metrics.intervals.paired_difference``), the
+final guidance loss (cross-entropy of the guiding stand-in; 1 view), and how often a JUDGE — a third,
+standard classifier trained with another seed, which guided nothing — names the reconstruction's true
+class: guidance that moves pixels toward what the class looks like should raise it; adversarial
+patterns that only fool the guide should not. ``--train-only`` trains (or loads) the models and stops.
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ def stand_ins(public, test, steps: int, seed: int = 0):
     from gradleak.vision import cached_classifier
 
     out = {}
-    for kind in ("standard", "adversarial"):
+    for kind in ("standard", "adversarial", "judge"):
         t = time.perf_counter()
         out[kind] = cached_classifier(public.images, public.labels, public.num_classes, public.class_names,
-                                      steps=steps, seed=seed, adversarial=kind == "adversarial",
+                                      steps=steps, seed=seed + (kind == "judge"), adversarial=kind == "adversarial",
                                       eval_images=test.images, eval_labels=test.labels)
         card = out[kind].card
         print(f"{kind:11} stand-in: {steps} steps on {len(public)} public images, {time.perf_counter() - t:5.1f} s "
@@ -73,6 +76,9 @@ def main() -> None:
     arms = {"no guidance": None, "standard, 1 view": ("standard", 1), "robust, 1 view": ("adversarial", 1),
             f"robust, {args.views} views": ("adversarial", args.views)}
     ssim: dict[str, list[float]] = {name: [] for name in arms}
+    guide_loss: dict[str, list[float]] = {name: [] for name in arms}
+    judged: dict[str, list[bool]] = {name: [] for name in arms}
+    judge = aux["judge"].model
     started = time.perf_counter()
     order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: args.images]
     for trial, index in enumerate(order.tolist()):
@@ -89,24 +95,32 @@ def main() -> None:
             else:
                 out = run_guided(obs, estimate, inv, "oracle", "classifier", args.weight, true_labels_for_oracle=y,
                                  aux_classifier=aux[arm[0]].model, views=arm[1])
-            ssim[name].append(evaluate_images(out.reconstruction.images, x).ssim)
+            recon = out.reconstruction.images
+            ssim[name].append(evaluate_images(recon, x).ssim)
+            with torch.no_grad():
+                judged[name].append(bool(judge(recon).argmax(dim=1) == y))
+                if arm is not None:
+                    guide_loss[name].append(float(torch.nn.functional.cross_entropy(aux[arm[0]].model(recon), y)))
             row.append(f"{ssim[name][-1]:.3f}")
         print(f"image {trial:2d} (test #{index}, {test.class_names[int(y)]}): " + "  ".join(row), flush=True)
 
     print(f"\n{dataset}, victim {args.model} (untrained), B = 1, {args.iterations} iterations "
           f"(IG preset, TV {inv.regularizers.get('tv', 0)}), guidance weight {args.weight}, {args.images} images, "
           f"{time.perf_counter() - started:.0f} s")
-    print(f"{'arm':18} {'mean SSIM':>9} {'gain vs none':>13} {'95% CI':>18} {'p':>7} {'better':>7}")
+    print(f"{'arm':18} {'mean SSIM':>9} {'gain vs none':>13} {'95% CI':>18} {'p':>7} {'better':>7} "
+          f"{'guide CE':>9} {'judge acc':>9}")
     base = ssim["no guidance"]
     for name, values in ssim.items():
         mean = sum(values) / len(values)
+        judge_acc = sum(judged[name]) / len(judged[name])
         if name == "no guidance":
-            print(f"{name:18} {mean:9.3f}")
+            print(f"{name:18} {mean:9.3f} {'':>13} {'':>18} {'':>7} {'':>7} {'':>9} {judge_acc:9.2f}")
             continue
         d = paired_difference(values, base)
         better = sum(a > b for a, b in zip(values, base))
+        ce = sum(guide_loss[name]) / len(guide_loss[name])
         print(f"{name:18} {mean:9.3f} {d.mean:+13.3f} [{d.low:+.3f}, {d.high:+.3f}] {d.p_value:7.3f} "
-              f"{better:>3}/{len(values)}")
+              f"{better:>3}/{len(values)} {ce:9.3f} {judge_acc:9.2f}")
 
 
 if __name__ == "__main__":

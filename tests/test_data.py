@@ -27,8 +27,10 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 @pytest.fixture(autouse=True)
 def _offline_cache(tmp_path, monkeypatch):
-    """No test may touch the user's cache or the network."""
+    """No test may touch the user's cache or the network, nor read the folder $GRADLEAK_CIFAR10_DIR
+    names (CI sets it for the tests that use the real subset through the ``cifar10_dir`` fixture)."""
     monkeypatch.setenv("GRADLEAK_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("GRADLEAK_CIFAR10_DIR", raising=False)
 
     def no_network(url, dest):
         raise AssertionError(f"test tried to download {url}")
@@ -295,6 +297,17 @@ def test_download_with_wrong_checksum_is_rejected(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="md5 [0-9a-f]{32}, expected c58f3010.*pass --data-dir"):
         load_dataset("cifar10", "test")
     assert not (tmp_path / "cache" / "cifar-10-batches-py").exists()
+
+
+def test_the_environment_names_the_cifar10_folder_when_no_data_dir_is_given(tmp_path, monkeypatch):
+    folder = tmp_path / "env" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    (folder / "batches.meta").write_bytes(b"")
+    monkeypatch.setenv("GRADLEAK_CIFAR10_DIR", str(folder.parent))
+    assert cifar10_module.resolve_cifar10_dir(None, download=False) == folder
+    monkeypatch.setenv("GRADLEAK_CIFAR10_DIR", str(tmp_path / "missing"))
+    with pytest.raises(DataError, match="does not exist"):
+        cifar10_module.resolve_cifar10_dir(None, download=False)
 
 
 def test_offline_download_says_where_to_put_files(tmp_path, monkeypatch):

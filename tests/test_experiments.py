@@ -350,6 +350,7 @@ def _done_ids(store_path: Path) -> dict[str, float]:
         return {}
 
 
+@pytest.mark.slow
 def test_sigkilled_sweep_resumes_with_every_run_exactly_once(tmp_path):
     (tmp_path / "tiny.yaml").write_text(TINY_YAML)
     exp = load_experiment(tmp_path / "tiny.yaml")

@@ -164,6 +164,7 @@ def test_align_to_slots():
 # ---- the search on real digits ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_guidance_search_recovers_single_labels_far_above_random(digits, digits_aux):
     """B = 1, LeNet, classifier guide, search over guidance only (the client-loss label is the
     gradient's, so only guidance can tell candidates apart). Measured 16/20 batches at 200 iterations
