@@ -161,3 +161,48 @@ def test_the_default_meets_the_target_on_real_cifar10(cifar10_dir):
     assert [row["exact"] for row in plain] == [1.0, 1.0, 1.0]
     dlg = summarise(run_label_sweep(LabelSweepConfig.of(batch_sizes=[16], trials=10, **common), progress=False))[0]
     assert dlg["accuracy"] >= 0.95
+
+
+def test_rerunning_labels_resumes_and_another_sweep_is_refused(tmp_path, capsys, monkeypatch):
+    import gradleak.attacks.labels as labels_module
+    import gradleak.studies.label_sweep as sweep
+
+    args = ["labels", "--dataset", "digits", "--model", "lenet", "--batch-sizes", "2", "4", "--methods", "ilrg,llg",
+            "--trials", "2", "-q"]
+    main(args + ["--out", str(tmp_path / "whole")])
+    whole = (tmp_path / "whole" / "labels.csv").read_text()
+    # a sweep stopped after two batches, then run again, ends with the rows of one uninterrupted sweep
+    real = sweep.iter_label_sweep
+
+    def stops_after_two_batches(cfg, progress=True, done=frozenset()):
+        for i, batch in enumerate(real(cfg, progress, done)):
+            if i == 2:
+                raise RuntimeError("killed")
+            yield batch
+
+    monkeypatch.setattr(sweep, "iter_label_sweep", stops_after_two_batches)
+    with pytest.raises(RuntimeError):
+        main(args + ["--out", str(tmp_path / "resumed")])
+    monkeypatch.setattr(sweep, "iter_label_sweep", real)
+    measured = []
+
+    def counting(obs, method, aux=None):
+        measured.append(method)
+        return labels_module.LABEL_STRATEGIES.get(method)(obs, aux)
+
+    monkeypatch.setattr(labels_module, "recover_labels", counting)
+    main(args + ["--out", str(tmp_path / "resumed")])
+    assert len(measured) == 2 * 2  # the two batches left, two methods each
+
+    def cells(text):  # every column but the timing
+        return [line.rsplit(",", 2)[0] for line in text.splitlines()]
+
+    assert cells((tmp_path / "resumed" / "labels.csv").read_text()) == cells(whole)
+    # once complete, the same sweep measures nothing; a sweep with other settings is refused in one line
+    measured.clear()
+    main(args + ["--out", str(tmp_path / "whole")])
+    assert measured == [] and (tmp_path / "whole" / "labels.csv").read_text() == whole
+    with pytest.raises(SystemExit) as stop:
+        main(args + ["--seed", "1", "--out", str(tmp_path / "whole")])
+    assert stop.value.code == 2 and "not empty; pass --overwrite" in capsys.readouterr().err
+    assert (tmp_path / "whole" / "labels.csv").read_text() == whole
