@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -19,7 +20,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     without an exception and is removed otherwise. The suffix is kept, so writers that infer the
     format from it (matplotlib, numpy) still do."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    # A unique name per writer: two processes filling the same cache entry never share a temporary.
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -11,6 +11,18 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Tests never read or fill the user's cache (trained classifiers, downloads)."""
+    previous = os.environ.get("GRADLEAK_CACHE")
+    os.environ["GRADLEAK_CACHE"] = str(tmp_path_factory.mktemp("gradleak-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("GRADLEAK_CACHE", None)
+    else:
+        os.environ["GRADLEAK_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def cifar10_dir() -> Path:
     """The real CIFAR-10 subset (official layout): $GRADLEAK_CIFAR10_DIR, else ../shared/data."""

@@ -137,6 +137,8 @@ def run_attack(cfg: AttackConfig, out_dir: str | Path | None = None, progress: b
                 plain = attack_observation(obs, cfg.with_options(guidance="none"), side, progress)
                 summary["ssim_no_guidance"] = evaluate_images(plain.reconstruction.images, x).ssim
                 summary["ssim_with_guidance"] = summary["ssim"]
+    if side.uses_classifier:  # the stand-in's own accuracy, beside what it says of the reconstructions
+        summary["classifier_card"] = side.classifier_card.to_dict()
     naming = None
     if cfg.semantic.labeler != "none":
         outcomes, truths = [outcome], [(x, y)]

@@ -10,7 +10,10 @@ pixels toward high-frequency patterns, not toward what the class looks like, and
 lowered SSIM on CIFAR-10. Adversarial training (``adversarial=True``; Madry et al. 2018, "Towards
 Deep Learning Models Resistant to Adversarial Attacks") gives a classifier whose input gradients are
 perceptually aligned (Tsipras et al. 2019; Santurkar et al. 2019, "Image Synthesis with a Single
-(Robust) Classifier"): the property CLIP guidance relies on.
+(Robust) Classifier"): the property CLIP guidance relies on. Measured on the CIFAR-10 subset (300
+steps on the 932 public images, scored on the other split's 846): clean / PGD accuracy 0.496 / 0.199
+standard, 0.395 / 0.281 adversarial, at ~3.5× the training time (79 s vs 24 s on one CPU thread);
+on digits 0.989 / 0.629 vs 0.980 / 0.782. Files and the on-disk cache: :mod:`gradleak.vision.cache`.
 """
 
 from __future__ import annotations

@@ -12,12 +12,18 @@ image shows its guidance class. Two guides, one registry (:data:`GUIDES`):
 Views (``views`` > 1): a guide scores V random differentiable views of each image — a zero-padded
 shift of up to H/8 pixels (the classifier's own training augmentation), a horizontal flip (colour
 images only: digits are not mirror-symmetric) and Gaussian noise of σ ≤ 0.03 — and averages the
-loss over them, as CLIP-guided synthesis averages over augmented cutouts (Crowson et al.,
-VQGAN-CLIP 2022; Mordvintsev et al. 2018 "transformation robustness"): a pixel pattern that fools
-the model in one exact position rarely fools it under every shift, so the averaged gradient favours
-what the class looks like. ``views=1`` scores the image itself, exactly as before. The draws come
-from the guide's own generator, seeded from the inversion's seed: a run is reproducible, but with
-views > 1 the batched search and the sequential loop draw differently and no longer agree.
+loss over them, as CLIP-guided synthesis averages over augmented cutouts (Crowson et al. 2022,
+VQGAN-CLIP; "transformation robustness" in Olah et al. 2017, Feature Visualization): a pixel
+pattern that fools the model in one exact position rarely fools it under every shift, so the
+averaged gradient should favour what the class looks like. ``views=1`` scores the image itself,
+exactly as before. The draws come from the guide's own generator, seeded from the inversion's seed:
+a run is reproducible, but with views > 1 the batched search and the sequential loop draw
+differently and no longer agree.
+
+Measured (``benchmarks/guide_robustness.py``: CIFAR-10 subset, untrained LeNet, B = 1, 800
+iterations, 8 images, oracle guidance at weight 0.1): no guide raised SSIM; a PGD-trained classifier
+lowered it more than a standard one (0.632 unguided → 0.552 standard, 0.429 robust, 0.361 robust
+with 4 views), and at weight 0.01 all three stayed within ~0.07 below unguided.
 
 A guide returns one loss per image so that the batched search (``batched.py``) can reduce it per
 candidate; :class:`GuidanceRegularizer` wraps a guide with fixed targets as a regulariser of the
@@ -164,8 +170,9 @@ class ClipGuide(_ViewAveraged):
 @GUIDES.register("classifier")
 class ClassifierGuide(_ViewAveraged):
     """Cross-entropy of the attacker's auxiliary classifier (trained on public data, taking [0, 1]
-    pixels) toward each image's guidance class; frozen, in eval mode. Train it adversarially
-    (``classifier_training="adversarial"``) so its input gradients point toward the class's look."""
+    pixels) toward each image's guidance class; frozen, in eval mode. ``classifier_training=
+    "adversarial"`` gives one whose input gradients are perceptually aligned (Santurkar et al. 2019);
+    see the measurement above for what that does to SSIM."""
 
     name = "classifier"
 
