@@ -21,12 +21,18 @@ def _partition(context: Context) -> tuple[int, int]:
     return int(context.node_config.get("partition-id", 0)), int(context.node_config.get("num-partitions", 1))
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
+def _received_model(msg: Message, context: Context):
+    """The run config, the task and the global model the server sent."""
     rc = context.run_config
     spec = task_spec(rc)
     model = spec.build_model()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return rc, spec, model
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    rc, spec, model = _received_model(msg, context)
     config = msg.content["config"]
     server_round, lr, steps = int(config["server-round"]), float(config["lr"]), int(config["local-steps"])
     pid, parts = _partition(context)
@@ -52,10 +58,7 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    rc = context.run_config
-    spec = task_spec(rc)
-    model = spec.build_model()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    rc, spec, model = _received_model(msg, context)
     pid, parts = _partition(context)
     x, y = client_batch(str(rc["dataset"]), pid, parts, 0, 64, int(rc["seed"]), option(rc, "data-dir"), split="test")
     model.eval()
