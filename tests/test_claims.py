@@ -280,3 +280,13 @@ def test_report_page_and_cli_show_every_number_of_a_claim(tmp_path, capsys):
     row = row[:row.index("</tr>")]
     assert all(f"<td>{s}</td>" in row for s in ("+0.200", "&gt; 0", "[+0.200, +0.200]", "8 pairs", "0.00781"))
     assert "class='HELD'>HELD</td>" in row
+
+
+def test_hit_or_miss_search_uses_the_exact_binomial_test():
+    from gradleak.experiments.report.claims import _hits_against_chance
+
+    strong = _hits_against_chance("search", [1.0] * 8 + [0.0] * 12, 0.1)  # 8 of 20 against 0.1
+    assert strong.verdict == "HELD" and strong.p_value < 0.001 and "binomial p" in strong.evidence
+    assert strong.low == pytest.approx(0.1912 - 0.1, abs=1e-3) and strong.high == pytest.approx(0.6395 - 0.1, abs=1e-3)
+    chance = _hits_against_chance("search", [1.0] * 2 + [0.0] * 18, 0.1)  # exactly the chance rate
+    assert chance.verdict != "HELD"

@@ -243,7 +243,25 @@ def claim_search_beats_random(runs: Sequence[Run]) -> Claim:
     pairs = [(b, a) for b, a in pairs if b is not None and a is not None]
     if not pairs:
         return not_measured("5", text, quantity, "no run recorded search accuracy and its random baseline")
+    base, hits = {b for b, _ in pairs}, [a for _, a in pairs]
+    if len(base) == 1 and set(hits) <= {0.0, 1.0}:
+        return _hits_against_chance(text, hits, base.pop())
     return _paired_gain("5", text, quantity, pairs, "runs", ("random", "search accuracy"), ceiling=False)
+
+
+def _hits_against_chance(text: str, hits: list[float], chance: float) -> Claim:
+    """B = 1 search: each run names its one image or not, against a fixed chance rate. The signed-rank
+    test suits continuous gains, not hit/miss against a constant; the exact one-sided binomial test and
+    the Clopper–Pearson interval are the textbook answer (Clopper & Pearson 1934)."""
+    from scipy.stats import binomtest
+
+    k, n = int(sum(hits)), len(hits)
+    test = binomtest(k, n, chance, alternative="greater")
+    ci = binomtest(k, n, chance).proportion_ci(confidence_level=0.95, method="exact")  # two-sided, as elsewhere
+    est = Estimate(k / n - chance, ci.low - chance, ci.high - chance, (n,))
+    return measured("5", text, "search accuracy − random baseline (hit or miss per image)", est, "runs",
+                    p_value=float(test.pvalue), test="binomial",
+                    details=f"{k} of {n} images named, random {chance:.3f}")
 
 
 CLAIMS: tuple[Callable[[Sequence[Run]], Claim], ...] = (

@@ -46,7 +46,7 @@ class Claim:
     high: float | None = None
     n: int = 0  # units resampled, all groups together
     unit: str = ""  # what was resampled: images, runs, pairs
-    p_value: float | None = None  # Wilcoxon signed-rank, paired comparisons only
+    p_value: float | None = None  # the paired test's (Wilcoxon signed-rank; exact binomial for hit/miss runs)
     threshold: str = ""  # the claimed direction, e.g. "> 0" or "≥ 2"
     details: str = ""
     sizes: tuple[int, ...] = ()  # units in each compared group
@@ -93,7 +93,7 @@ def not_measured(key: str, text: str, quantity: str, why: str) -> Claim:
 
 def measured(key: str, text: str, quantity: str, est: Estimate, unit: str, null: float = 0.0,
              at_least: bool = False, p_value: float | None = None, no_difference: bool = False,
-             details: str = "", ratio: bool = False) -> Claim:
+             details: str = "", ratio: bool = False, test: str = "Wilcoxon") -> Claim:
     """A claim row from an :class:`Estimate`: its verdict by :func:`decide` and its evidence line."""
     few = min(est.n) < MIN_UNITS
     verdict = INCONCLUSIVE if few else decide(est.low, est.high, null, at_least, p_value, no_difference)
@@ -103,10 +103,10 @@ def measured(key: str, text: str, quantity: str, est: Estimate, unit: str, null:
     notes = [f"fewer than {MIN_UNITS} {unit} in a group: no interval"] if few else []
     if not few and verdict == INCONCLUSIVE and p_value is not None and decide(est.low, est.high, null, at_least) != \
             INCONCLUSIVE:
-        notes.append(f"the interval is one-sided but Wilcoxon p ≥ {ALPHA:g}"
+        notes.append(f"the interval is one-sided but {test} p ≥ {ALPHA:g}"
                      + (f" ({sum(est.n)} {unit} can never reach it: the test needs 6)" if sum(est.n) < 6 else ""))
     claim.details = "; ".join(notes + ([details] if details else []))
-    p = f", Wilcoxon p = {claim.p_text}" if p_value is not None else ""
+    p = f", {test} p = {claim.p_text}" if p_value is not None else ""
     claim.evidence = (f"{quantity} = {claim.effect_text} (claimed {threshold}), {CONFIDENCE:.0%} CI {claim.ci_text}, "
                       f"n = {claim.n_text}{p}." + (f" {claim.details}." if claim.details else ""))
     return claim
