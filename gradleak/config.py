@@ -183,6 +183,8 @@ class AttackConfig:
         flat = flatten(data)
         sections = {name: {} for name in SECTIONS}
         for key, value in flat.items():
+            if is_repeatable(key) and isinstance(value, list):
+                value = tuple(value)  # one form, so equal configs compare equal
             sections[SECTION_OF[key]][key] = value
         cfg = cls(**{name: SECTIONS[name](**values) for name, values in sections.items()})
         if check:
@@ -258,8 +260,15 @@ def _suggest(key: str) -> str:
 
 
 def _allowed_types(annotation: Any) -> tuple[type, ...]:
+    if typing.get_origin(annotation) is tuple:  # a repeatable option: a sequence of strings
+        return (tuple,)
     parts = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
     return tuple(type(None) if p is type(None) else p for p in parts)
+
+
+def is_repeatable(name: str) -> bool:
+    """Whether option ``name`` takes several values (a YAML list, a flag given several times)."""
+    return option_types(name) == (tuple,)
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -285,6 +294,14 @@ def check_value(name: str, value: Any) -> None:
     """Raise a one-line ConfigError unless ``value`` is valid for option ``name``."""
     f = OPTIONS[name]
     allowed = option_types(name)
+    if allowed == (tuple,):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"option {name} must be a list of strings, got {value!r}")
+        names = choices_of(f)
+        for item in value:  # "NAME" or "NAME:key=value,…": the name must be registered
+            if names is not None and item.split(":", 1)[0] not in names:
+                raise ConfigError(f"unknown {name} {item.split(':', 1)[0]!r}; choose one of: {', '.join(names)}")
+        return
     if not _type_ok(value, allowed):
         what = " or ".join("null" if t is type(None) else {"str": "a string", "int": "an integer", "float": "a number",
                                                            "bool": "true/false"}[t.__name__] for t in allowed)

@@ -22,6 +22,8 @@ def _click_option(name: str):
     help_text = meta["help"] + ("" if value is None else f"  [default: {str(value).lower() if isinstance(value, bool) else value}]")
     types = option_types(name)
     decls = [_flag(name)] + ([meta["short"]] if meta.get("short") else [])
+    if types == (tuple,):  # repeatable: --flag A --flag B
+        return click.option(*decls, name, multiple=True, default=(), help=meta["help"] + "  (repeatable)")
     if bool in types:
         flag = _flag(name)
         return click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text)
@@ -54,7 +56,7 @@ def config_options(include: Iterable[str] | None = None, exclude: Iterable[str] 
 def pop_options(params: dict[str, Any]) -> dict[str, Any]:
     """Remove the config options from click's ``params`` and return those the user gave."""
     given = {k: params.pop(k) for k in list(params) if k in OPTIONS}
-    return {k: v for k, v in given.items() if v is not None}
+    return {k: v for k, v in given.items() if v is not None and v != ()}
 
 
 def build_config(params: dict[str, Any], config_file: str | Path | None = None,
