@@ -71,8 +71,10 @@ def test_several_batches_keep_the_first_batchs_numbers(tmp_path):
         assert pooled[f"{key}_R1"] == single[key] and pooled[f"{key}_R3"] == pooled[key]
 
 
-def test_a_recorded_update_is_one_batch():
+def test_a_recorded_update_is_one_batch_and_batches_need_a_labeller():
     from gradleak.errors import ConfigError
 
     with pytest.raises(ConfigError, match="one batch"):
-        run_attack(AttackConfig.of(batches=2, observed_update=__file__), progress=False)
+        run_attack(AttackConfig.of(batches=2, labeler="classifier", observed_update=__file__), progress=False)
+    with pytest.raises(ConfigError, match="choose --labeler"):
+        run_attack(AttackConfig.of(batches=2), progress=False)

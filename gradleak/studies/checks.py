@@ -20,6 +20,8 @@ def check_inputs(cfg: AttackConfig) -> AttackConfig:
         raise ConfigError(f"data folder {d.data_dir} does not exist")
     if c.observed_update is not None and not Path(c.observed_update).expanduser().is_file():
         raise ConfigError(f"observed update file not found: {c.observed_update}")
+    if c.batches > 1 and s.labeler == "none":
+        raise ConfigError("--batches pools the names of several batches: choose --labeler classifier or clip")
     if s.classifier is not None and not Path(s.classifier).expanduser().is_file():
         raise ConfigError(f"classifier file not found: {s.classifier}")
     if s.class_names is not None:
