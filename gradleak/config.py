@@ -144,6 +144,9 @@ class SemanticConfig:
                                  "guide scores per step; 1: the reconstruction itself.", ge=1)
     search_space: str = option("labels", "search: candidates change the matched labels too, or the guidance only.",
                                choices="search_space")
+    search_schedule: str = option("exhaustive", "Label search: every candidate runs the full schedule (exhaustive), "
+                                                "or successive halving keeps the better half by matching loss at "
+                                                "each rung (halving).", choices=("exhaustive", "halving"))
     compare_guidance: bool = option(False, "Also reconstruct without guidance and report both SSIMs.")
 
 
