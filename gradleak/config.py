@@ -33,6 +33,7 @@ REGISTRIES = {
     "guidance": ("gradleak.attacks.inversion.search", "GUIDANCE_MODES"),
     "guide": ("gradleak.attacks.inversion.guidance", "GUIDES"),
     "search_space": ("gradleak.attacks.inversion.search", "SEARCH_SPACES"),
+    "defense": ("gradleak.defenses", "DEFENSES"),
 }
 
 
@@ -93,6 +94,8 @@ class ClientConfig:
                              "the same model; names are pooled across them through the label map.", ge=1)
     observed_update: str | None = option(None, "Attack this recorded update file (from --save-update or a "
                                                "Flower capture) instead of simulating the client.")
+    defense: tuple[str, ...] = option((), "Defences the client applies, in order: NAME or NAME:key=value,… "
+                                          "(e.g. clip:C=1, dp-sgd:C=1,sigma=0.5).", choices="defense")
 
 
 @dataclass
@@ -174,8 +177,10 @@ class AttackConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """The flat view: option → value (the form result.json, stores and sweep ids use)."""
-        return {f.name: getattr(getattr(self, s), f.name) for s, f in iter_options()}
+        """The flat view: option → value (the form result.json, stores and sweep ids use); repeatable
+        options as lists, as JSON and YAML give them back."""
+        values = {f.name: getattr(getattr(self, s), f.name) for s, f in iter_options()}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
     def nested(self) -> dict[str, Any]:
         return asdict(self)

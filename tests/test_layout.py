@@ -5,7 +5,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gradleak"
 # Lower floors first; a module may import its own floor and the ones above it in this list.
-FLOORS = ["errors", "registry", "runtime", "config_files", "config", "io", "viz", "data", "models", "threat",
+FLOORS = ["errors", "registry", "runtime", "config_files", "config", "io", "viz", "data", "models", "defenses", "threat",
           "vision", "metrics", "attacks", "semantic", "studies", "experiments", "integrations", "cli", "__main__"]
 MAX_LINES = 400
 

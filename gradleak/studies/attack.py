@@ -95,7 +95,8 @@ def attack_observation(obs: Observation, cfg: AttackConfig, side: AttackerSide, 
         raise ConfigError("oracle guidance needs the true labels, which only the evaluator has")
     guided = run_guided(obs, estimate if estimate is not None else labels, inv, mode=s.guidance, guide_name=s.guide,
                         weight=s.guidance_weight, true_labels_for_oracle=oracle_labels, class_names=obs.class_names,
-                        progress=progress, search_space=s.search_space, views=s.guide_views, **side.guide_models())
+                        progress=progress, search_space=s.search_space, views=s.guide_views,
+                        schedule=s.search_schedule, **side.guide_models())
     return AttackOutcome(guided.labels, label_method, guided.reconstruction, time.perf_counter() - started, guided)
 
 
@@ -127,6 +128,7 @@ def run_attack(cfg: AttackConfig, out_dir: str | Path | None = None, progress: b
     summary = evaluate_outcome(outcome, x, y, data.num_classes) if y is not None else no_truth_summary(outcome)
     summary.update(class_names=data.class_names, config=cfg.to_dict(),
                    inversion=inversion_config(cfg, data.input_shape).to_dict())
+    summary.update({"defenses": update.defenses} if update.defenses else {})  # what the client applied, ε included
     if outcome.guidance is not None:
         summary.update(outcome.guidance.summary())
         if y is not None:

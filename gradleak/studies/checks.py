@@ -20,6 +20,12 @@ def check_inputs(cfg: AttackConfig) -> AttackConfig:
         raise ConfigError(f"data folder {d.data_dir} does not exist")
     if c.observed_update is not None and not Path(c.observed_update).expanduser().is_file():
         raise ConfigError(f"observed update file not found: {c.observed_update}")
+    if c.defense:  # parameters and order, one-line errors; a recorded update was already sent as it is
+        from ..defenses import build_defenses
+
+        build_defenses(c.defense)
+        if c.observed_update is not None:
+            raise ConfigError("--defense applies to a simulated client; a recorded update is already what it sent")
     if c.batches > 1 and s.labeler == "none":
         raise ConfigError("--batches pools the names of several batches: choose --labeler classifier or clip")
     if s.classifier is not None and not Path(s.classifier).expanduser().is_file():

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..config import AttackConfig
 from ..data import ImageDataset, load_dataset
+from ..defenses import build_defenses
 from ..errors import ConfigError
 from ..models import build_model
 from ..models.train import train_victim
@@ -76,11 +77,22 @@ def update_config(cfg: AttackConfig) -> UpdateConfig:
     return UpdateConfig(c.update, c.local_steps, c.local_lr, c.local_batch_size)
 
 
+# Offsets the defences' noise stream from the batch-sampling stream, which also starts at the run seed.
+DEFENSE_SEED_OFFSET = 0x5EED
+
+
 def client_update(cfg: AttackConfig, client: Client, batch: tuple[torch.Tensor, torch.Tensor] | None = None
                   ) -> ClientUpdate:
-    """The update the honest client sends for its private batch (or for ``batch``)."""
+    """The update the honest client sends for its private batch (or for ``batch``), with the
+    defences of ``cfg.client.defense`` applied in order."""
     x, y = batch if batch is not None else (client.images, client.labels)
-    return simulate_client(client.model, x, y, update_config(cfg), client.data.mean, client.data.std)
+    defenses = build_defenses(cfg.client.defense)
+    seed = cfg.run.seed + DEFENSE_SEED_OFFSET
+    if defenses and batch is not None:  # a further batch: fresh noise, still reproducible from the run seed
+        seed = int(torch.randint(2**62, (1,), generator=client.generator))
+    return simulate_client(client.model, x, y, update_config(cfg), client.data.mean, client.data.std,
+                           defenses=defenses, defense_generator=torch.Generator().manual_seed(seed),
+                           data_size=len(client.data))
 
 
 def threat_model(cfg: AttackConfig) -> ThreatModel:

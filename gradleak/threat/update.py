@@ -9,6 +9,7 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
+from ..defenses import Defense, apply_defenses, wrap_gradient
 from ..errors import ConfigError, UpdateError, is_int_at_least
 from ..models import normalize_input
 
@@ -32,6 +33,9 @@ class ClientUpdate:
     # Per BN layer, (mean, biased var) of its input on the client's (first) batch: what a client
     # that returns its updated BN buffers reveals. Only a threat model granting it passes it on.
     bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    # What the client applied, in order (``Defense.record``: name, parameters, ε for DP-SGD);
+    # None: an undefended or recorded update. The attacker is not told (it is not defence-aware).
+    defenses: list[dict] | None = None
 
     def as_gradient(self, lr: float | None = None, local_steps: int | None = None) -> list[torch.Tensor]:
         """The update read as a gradient: itself for FedSGD, ``−Δ / (K η)`` for FedAvg.
@@ -120,23 +124,37 @@ def simulate_client(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     generator: torch.Generator | None = None,
+    defenses: Sequence[Defense] = (),
+    defense_generator: torch.Generator | None = None,
+    data_size: int | None = None,
 ) -> ClientUpdate:
     """Compute the update an honest client would send for its private batch ``(x, y)``.
 
     ``x`` is in pixel space [0, 1]; ``mean``/``std`` are the client's input normalisation.
-    The model is not modified (the client works on a private copy).
+    The model is not modified (the client works on a private copy). ``generator`` reshuffles
+    FedAvg mini-batches (None: the global RNG, as before defences existed).
+
+    ``defenses`` (see :mod:`gradleak.defenses`) apply in order: per-example ones (dp-sgd) inside
+    every gradient computation — the FedSGD gradient, each FedAvg local step — and the others on
+    the finished update. Their noise and rounding draw from ``defense_generator`` (None: one seeded
+    with 0), never the global RNG. ``data_size`` is N of the client's data for DP accounting's
+    sample rate (step batch / N); default: the batch itself.
     """
     names = [n for n, _ in model.named_parameters()]
     if config.kind not in ("fedsgd", "fedavg"):
         raise UpdateError(f"unknown update kind {config.kind!r}; choose fedsgd or fedavg")
+    _check_per_example(model, defenses)
+    noise = defense_generator if defense_generator is not None else torch.Generator().manual_seed(0)
     # The client trains its own copy: BN running statistics of the server's model stay as sent.
     local = copy.deepcopy(model)
     first = x if not config.local_batch_size else x[: config.local_batch_size]
     bn_stats = batch_bn_stats(copy.deepcopy(model), first, mean, std) or None
-    if config.kind == "fedsgd":
-        return ClientUpdate("fedsgd", names, fedsgd_gradient(local, x, y, mean, std), bn_stats=bn_stats)
-    start = [p.detach().clone() for p in local.parameters()]
+    gradient = wrap_gradient(defenses, lambda xb, yb: fedsgd_gradient(local, xb, yb, mean, std), noise)
     n = x.shape[0]
+    if config.kind == "fedsgd":
+        update = ClientUpdate("fedsgd", names, gradient(x, y), bn_stats=bn_stats)
+        return _defend(update, defenses, noise, n, 1, data_size)
+    start = [p.detach().clone() for p in local.parameters()]
     mb = config.local_batch_size or n
     order = torch.arange(n)
     for step in range(config.local_steps):
@@ -147,9 +165,29 @@ def simulate_client(
             idx = order[first : first + mb]
         else:
             idx = order
-        grads = fedsgd_gradient(local, x[idx], y[idx], mean, std)
+        grads = gradient(x[idx], y[idx])
         with torch.no_grad():
             for p, g in zip(local.parameters(), grads):
                 p.sub_(config.lr * g)
     delta = [(p.detach() - s) for p, s in zip(local.parameters(), start)]
-    return ClientUpdate("fedavg", names, delta, config.local_steps, config.lr, config.local_batch_size, bn_stats)
+    update = ClientUpdate("fedavg", names, delta, config.local_steps, config.lr, config.local_batch_size, bn_stats)
+    return _defend(update, defenses, noise, min(mb, n), config.local_steps, data_size)
+
+
+def _check_per_example(model: nn.Module, defenses: Sequence[Defense]) -> None:
+    step = [d.name for d in defenses if d.stage == "step"]
+    bn_train = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules())
+    if step and bn_train:  # batch statistics mix the examples: no per-example gradient exists
+        raise ConfigError(f"defense {step[0]} needs per-example gradients, which BatchNorm in train mode mixes "
+                          "across the batch: use client mode eval")
+
+
+def _defend(update: ClientUpdate, defenses: Sequence[Defense], noise: torch.Generator, step_batch: int, steps: int,
+            data_size: int | None) -> ClientUpdate:
+    """``update`` after the update-stage defences, with the record of every defence applied."""
+    if not defenses:
+        return update
+    update.tensors = apply_defenses(defenses, list(update.tensors), noise)
+    rate = min(1.0, step_batch / (data_size or step_batch))
+    update.defenses = [d.record(sample_rate=rate, steps=steps) for d in defenses]
+    return update

@@ -45,12 +45,13 @@ class BatchedInversion:
     """One reconstruction per candidate (the best of its restarts) and its final losses (fp32).
 
     ``prior_losses[k]``: ``Σ λ_r r(x̂)`` over the config's regularisers (TV, ...) of candidate k's kept
-    restart; ``guidance_losses[k]``: its unweighted mean guidance loss (None without guidance).
+    restart; ``guidance_losses[k]``: its unweighted mean guidance loss (None without guidance; None
+    for a candidate successive halving dropped, whose guide is not run).
     """
 
     reconstructions: list[Reconstruction]
     prior_losses: list[float]
-    guidance_losses: list[float] | None
+    guidance_losses: list[float | None] | None
     seconds: float
 
 
@@ -140,14 +141,16 @@ class BatchedMatcher:
             total = total + self.guidance.weight * guide
         return matching, total, guide
 
-    def final_losses(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def final_losses(self, x: Tensor, with_guidance: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
         """``(matching, prior, guidance)`` in fp32 without a graph: the scores restarts and candidates
-        are compared on (as :func:`invert` scores its final images)."""
+        are compared on (as :func:`invert` scores its final images); guidance None without
+        ``with_guidance`` (or without a guide)."""
         dtype, self.dtype = self.dtype, None
         try:
             with torch.no_grad():  # torch.func.grad still differentiates inside; no outer graph
                 matching, prior = vmap(self._one)(x.detach(), self.labels)
-                guide = None if self.guidance is None else self.guidance.per_candidate(x, self.guidance_targets)
+                guide = (self.guidance.per_candidate(x, self.guidance_targets)
+                         if self.guidance is not None and with_guidance else None)
         finally:
             self.dtype = dtype
         matching = torch.where(torch.isfinite(matching), matching, torch.full_like(matching, float("inf")))
@@ -202,59 +205,126 @@ def invert_batched(
     pixels (default: :func:`invert`'s draws, shared by all candidates). Per candidate the restart
     with the lowest final matching loss is kept. Adam only: L-BFGS line searches couple problems.
     """
-    labels, guidance_targets = _check_problem(observation, labels, config, guidance, guidance_targets)
-    if config.optimizer != "adam":
-        raise ConfigError(f"batched inversion needs the adam optimiser (got {config.optimizer!r}); "
-                          "L-BFGS line searches cannot be batched across candidates")
-    k, b = labels.shape
-    r = config.restarts
-    x0 = _initial_images(labels, observation, config, inits)
-    # Problem p = candidate p // R, restart p % R.
-    flat_labels = labels.repeat_interleave(r, dim=0)
-    flat_targets = guidance_targets.repeat_interleave(r, dim=0) if guidance_targets is not None else None
-    matcher = BatchedMatcher(observation, config, flat_labels, guidance, flat_targets)
-
-    start = time.perf_counter()
-    x = x0.reshape(k * r, *x0.shape[2:]).requires_grad_(True)
-    optimiser = PixelAdam(x, pixel_lr(observation, config), config)
-    log_every = max(1, config.iterations // 50)
-    history: list[tuple[int, list[float]]] = []
-    bar = tqdm(total=config.iterations, disable=not progress, desc=f"inverting {k * r} at once", unit="it",
-               leave=False, mininterval=0.5)
+    run = BatchedRun(observation, labels, config, guidance, guidance_targets, inits, progress)
     try:
-        for it in range(config.iterations):
-            matching, total, _ = matcher.losses(x)
-            optimiser.step(total.sum())
-            if it % log_every == 0 or it == config.iterations - 1:
-                values = matching.detach().tolist()
-                history.append((it, values))
-                bar.set_postfix(best=f"{min(values):.4g}")
-            bar.update(1)
+        run.advance(config.iterations)
+        return run.finish()
     finally:
-        bar.close()
-    final_matching, final_prior, final_guide = matcher.final_losses(x)
-    seconds = time.perf_counter() - start
+        run.close()
 
-    images = x.detach().view(k, r, *x.shape[1:])
-    m = final_matching.view(k, r)
-    recons, priors, guides = [], [], []
-    for c in range(k):
-        best = int(torch.argmin(m[c]))  # first minimum, as min() over restarts in invert
-        p = c * r + best
-        recons.append(Reconstruction(
-            images=images[c, best].clone(),
-            labels=labels[c].clone(),
-            matching_loss=float(m[c, best]),
-            restart_losses=[float(v) for v in m[c]],
-            restart_images=[images[c, j].clone() for j in range(r)],
-            iterations=config.iterations,
-            seconds=seconds / k,
-            history=[(it, vals[p]) for it, vals in history],
-        ))
-        priors.append(float(final_prior[p]))
-        if final_guide is not None:
-            guides.append(float(final_guide[p]))
-    return BatchedInversion(recons, priors, guides if final_guide is not None else None, seconds)
+
+class BatchedRun:
+    """The optimisation of :func:`invert_batched`, advanced in segments (for successive halving,
+    :mod:`.schedules`): :meth:`advance` runs up to an iteration, :meth:`scores` gives the fp32
+    losses of the candidates still running, :meth:`drop` takes candidates out (their reconstruction
+    as it stands is kept for the record) and :meth:`finish` scores and returns every candidate.
+    Survivors keep their pixels, Adam moments, step count and lr schedule (milestones of the FULL
+    budget), so a survivor continues the trajectory it had. With no one dropped this is
+    :func:`invert_batched` bit for bit; after a drop the vmapped batch is smaller, so a survivor
+    equals its exhaustive run up to float rounding (and, with guide views > 1, the views' draws
+    differ: they are drawn per image alive)."""
+
+    def __init__(self, observation: Observation, labels: Tensor, config: InversionConfig,
+                 guidance: Guidance | None = None, guidance_targets: Tensor | None = None,
+                 inits: Tensor | None = None, progress: bool = False):
+        labels, guidance_targets = _check_problem(observation, labels, config, guidance, guidance_targets)
+        if config.optimizer != "adam":
+            raise ConfigError(f"batched inversion needs the adam optimiser (got {config.optimizer!r}); "
+                              "L-BFGS line searches cannot be batched across candidates")
+        self.obs, self.config, self.labels = observation, config, labels
+        k, self.r = labels.shape[0], config.restarts
+        x0 = _initial_images(labels, observation, config, inits)
+        # Problem p = candidate p // R, restart p % R.
+        flat_labels = labels.repeat_interleave(self.r, dim=0)
+        flat_targets = guidance_targets.repeat_interleave(self.r, dim=0) if guidance_targets is not None else None
+        self.matcher = BatchedMatcher(observation, config, flat_labels, guidance, flat_targets)
+        self.alive = list(range(k))  # candidate ids still optimised, in order of the rows of x
+        self.x = x0.reshape(k * self.r, *x0.shape[2:]).requires_grad_(True)
+        self.optimiser = PixelAdam(self.x, pixel_lr(observation, config), config)
+        self.it = 0
+        self.log_every = max(1, config.iterations // 50)
+        self.history: list[list[tuple[int, float]]] = [[] for _ in range(k * self.r)]  # by problem id
+        self.results: dict[int, tuple[Reconstruction, float, float | None]] = {}
+        self.seconds = 0.0
+        self.bar = tqdm(total=config.iterations, disable=not progress, desc=f"inverting {k * self.r} at once",
+                        unit="it", leave=False, mininterval=0.5)
+
+    def _problems(self) -> list[int]:
+        return [c * self.r + j for c in self.alive for j in range(self.r)]
+
+    def advance(self, until: int) -> None:
+        """Optimise the candidates alive up to iteration ``until`` (≤ the config's iterations)."""
+        start, problems = time.perf_counter(), self._problems()
+        for it in range(self.it, min(until, self.config.iterations)):
+            matching, total, _ = self.matcher.losses(self.x)
+            self.optimiser.step(total.sum())
+            if it % self.log_every == 0 or it == self.config.iterations - 1:
+                values = matching.detach().tolist()
+                for p, v in zip(problems, values):
+                    self.history[p].append((it, v))
+                self.bar.set_postfix(best=f"{min(values):.4g}")
+            self.bar.update(1)
+            self.it = it + 1
+        self.seconds += time.perf_counter() - start
+
+    def scores(self, with_guidance: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """fp32 ``(matching, prior, guidance or None)`` of the alive candidates, each (alive, R).
+        Without ``with_guidance`` the guide is not run (its view draws are left untouched)."""
+        start = time.perf_counter()
+        m, p, g = self.matcher.final_losses(self.x, with_guidance)
+        self.seconds += time.perf_counter() - start
+        shape = (len(self.alive), self.r)
+        return m.view(shape), p.view(shape), None if g is None else g.view(shape)
+
+    def _record(self, candidates: list[int], scores: tuple[Tensor, Tensor, Tensor | None]) -> None:
+        m, prior, guide = scores
+        images = self.x.detach().view(len(self.alive), self.r, *self.x.shape[1:])
+        for c in candidates:
+            q = self.alive.index(c)
+            best = int(torch.argmin(m[q]))  # first minimum, as min() over restarts in invert
+            rec = Reconstruction(
+                images=images[q, best].clone(), labels=self.labels[c].clone(), matching_loss=float(m[q, best]),
+                restart_losses=[float(v) for v in m[q]], restart_images=[images[q, j].clone() for j in range(self.r)],
+                iterations=self.it, seconds=0.0, history=self.history[c * self.r + best],
+            )
+            self.results[c] = (rec, float(prior[q, best]), None if guide is None else float(guide[q, best]))
+
+    def drop(self, candidates: list[int], scores: tuple[Tensor, Tensor, Tensor | None]) -> None:
+        """Stop optimising ``candidates`` (ids), recording them as they stand (``scores`` from
+        :meth:`scores` at this iteration); the others continue with their optimiser state."""
+        gone = set(candidates)
+        if not gone:
+            return
+        self._record(sorted(gone), scores)
+        keep = [q for q, c in enumerate(self.alive) if c not in gone]
+        rows = torch.tensor([q * self.r + j for q in keep for j in range(self.r)], dtype=torch.long)
+        x = self.x.detach()[rows].clone().requires_grad_(True)
+        old, new = self.optimiser, PixelAdam(x, pixel_lr(self.obs, self.config), self.config)
+        state = old.opt.state_dict()  # moments (rows), step count and the current lr
+        state["state"] = {key: {n: v[rows] if torch.is_tensor(v) and v.dim() > 0 else v for n, v in s.items()}
+                          for key, s in state["state"].items()}
+        new.opt.load_state_dict(state)
+        if old.sched is not None:
+            new.sched.load_state_dict(old.sched.state_dict())
+        self.x, self.optimiser = x, new
+        self.matcher.labels = self.matcher.labels[rows]
+        if self.matcher.guidance_targets is not None:
+            self.matcher.guidance_targets = self.matcher.guidance_targets[rows]
+        self.alive = [self.alive[q] for q in keep]
+
+    def finish(self) -> BatchedInversion:
+        """Score the candidates still alive and return every candidate's reconstruction, in id order."""
+        self._record(list(self.alive), self.scores(with_guidance=True))
+        self.close()
+        k = self.labels.shape[0]
+        for rec, _, _ in self.results.values():
+            rec.seconds = self.seconds / k
+        ordered = [self.results[c] for c in range(k)]
+        guides = [g for _, _, g in ordered] if self.matcher.guidance is not None else None
+        return BatchedInversion([rec for rec, _, _ in ordered], [p for _, p, _ in ordered], guides, self.seconds)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def guided_matcher(observation: Observation, config: InversionConfig, labels: Tensor,

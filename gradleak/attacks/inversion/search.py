@@ -13,6 +13,10 @@ Modes (:data:`GUIDANCE_MODES`):
   the digits and CIFAR-10 settings measured it was never more accurate and usually less (e.g. digits,
   B = 1, 200 iterations: 0.80 by L_grad vs 0.70 by L_grad + TV over 20 batches).
 
+Schedules (``schedule``, :mod:`.schedules`): ``exhaustive`` runs every candidate for the full budget;
+``halving`` races them by successive halving on the same score (rungs at T/9 and T/3 for 10
+candidates, η = 3), survivors continuing their optimisation, the last few running the full budget.
+
 What a candidate changes (``search_space``):
 
 - ``labels``: the candidate labelling is used for BOTH the client loss and the guidance (the labels
@@ -50,9 +54,10 @@ from torch import Tensor, nn
 from ...errors import ConfigError
 from ...registry import Registry
 from ...threat import Observation
-from .batched import BatchedInversion, invert_batched, invert_sequential
+from .batched import invert_batched, invert_sequential
 from .guidance import Guidance, build_guide
 from .invert import InversionConfig, Reconstruction, invert
+from .schedules import DEFAULT_ETA, SEARCH_SCHEDULES, Rung, RungRecord, halving_rungs, invert_halving
 
 SEARCH_SPACES = ("labels", "guidance")
 SELECTIONS = ("matching", "matching+prior")
@@ -69,12 +74,20 @@ class CandidateLoss:
     prior_loss: float  # final Σ λ_r r(x̂) (TV, ...)
     guidance_loss: float | None  # final mean guidance loss, unweighted
     score: float  # what the search compared (lower is better)
+    # Successive halving only (None under the exhaustive schedule, and then not written):
+    rung_losses: list[float] | None = None  # L_grad at each rung the candidate reached
+    dropped_at_rung: int | None = None  # index of the rung that dropped it; None: ran the full budget
+    iterations: int | None = None  # iterations it ran (its losses above are from then)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able (result.json is written without NaN/inf: a diverged candidate's losses are None)."""
-        return {"labels": self.labels, "guidance": self.guidance, "matching_loss": _finite(self.matching_loss),
-                "prior_loss": _finite(self.prior_loss), "guidance_loss": _finite(self.guidance_loss),
-                "score": _finite(self.score)}
+        out = {"labels": self.labels, "guidance": self.guidance, "matching_loss": _finite(self.matching_loss),
+               "prior_loss": _finite(self.prior_loss), "guidance_loss": _finite(self.guidance_loss),
+               "score": _finite(self.score)}
+        if self.rung_losses is not None:
+            out.update(rung_losses=[_finite(v) for v in self.rung_losses], dropped_at_rung=self.dropped_at_rung,
+                       iterations=self.iterations)
+        return out
 
 
 def _finite(value: float | None) -> float | None:
@@ -95,6 +108,8 @@ class GuidanceOutcome:
     candidates: list[CandidateLoss] = field(default_factory=list)
     chosen: int = 0
     seconds: float = 0.0
+    schedule: str = "exhaustive"
+    rungs: list[RungRecord] = field(default_factory=list)
 
     @property
     def search_labels(self) -> Tensor | None:
@@ -113,7 +128,13 @@ class GuidanceOutcome:
             "candidate_losses": [c.to_dict() for c in self.candidates],
             "chosen_candidate": self.chosen if self.mode == "search" else None,
             "guidance_seconds": self.seconds,
-        }
+        } | (self._halving_summary() if self.schedule != "exhaustive" else {})
+
+    def _halving_summary(self) -> dict[str, Any]:
+        full = max((c.iterations or 0) for c in self.candidates) if self.candidates else 0
+        return {"search_schedule": self.schedule, "rungs": [r.to_dict() for r in self.rungs],
+                "candidate_iterations": sum(c.iterations or 0 for c in self.candidates),
+                "exhaustive_candidate_iterations": full * len(self.candidates)}
 
 
 # ---- candidates --------------------------------------------------------------------------------
@@ -291,6 +312,8 @@ def run_guided(
     batched: bool = True,
     constrain_by_counts: bool = True,
     views: int = 1,
+    schedule: str | Sequence[Rung] = "exhaustive",
+    eta: int = DEFAULT_ETA,
 ) -> GuidanceOutcome:
     """Guided reconstruction (``oracle``), label search by guidance (``search``) or none.
 
@@ -304,6 +327,9 @@ def run_guided(
     ``constrain_by_counts=False`` enumerates B > 1 candidates without the recovered counts.
     ``views``: random views of each reconstruction the guide averages per step (1: the image itself;
     drawn from the inversion seed; :class:`~gradleak.attacks.inversion.guidance.ViewSampler`).
+    ``schedule``: ``exhaustive``, ``halving`` (successive halving at rate ``eta``, rungs by
+    :func:`~.schedules.halving_rungs`) or explicit :class:`~.schedules.Rung` s; it needs the batched
+    Adam engine. With one candidate (or no rung) halving is the exhaustive run.
     """
     started = time.perf_counter()
     plan_for = GUIDANCE_MODES.get(mode)
@@ -311,6 +337,8 @@ def run_guided(
         raise ConfigError(f"unknown search space {search_space!r}; choose {', '.join(SEARCH_SPACES)}")
     if selection not in SELECTIONS:
         raise ConfigError(f"unknown selection {selection!r}; choose {', '.join(SELECTIONS)}")
+    if isinstance(schedule, str) and schedule not in SEARCH_SCHEDULES:
+        raise ConfigError(f"unknown search schedule {schedule!r}; choose {', '.join(SEARCH_SCHEDULES)}")
     attack_labels, counts = _as_labels_and_counts(label_estimate, obs.num_classes)
     batch_size = int(attack_labels.numel()) if attack_labels is not None else obs.require_batch_size()
     if obs.batch_size is not None and batch_size != obs.batch_size:
@@ -331,8 +359,17 @@ def run_guided(
     guide = build_guide(guide_name, clip=clip_model, class_names=names, aux_classifier=aux_classifier,
                         num_classes=obs.num_classes, views=views, seed=inversion_config.seed)
     guidance = Guidance(guide, weight)
-    run = invert_batched if batched and inversion_config.optimizer == "adam" else invert_sequential
-    result: BatchedInversion = run(obs, plan.labels, inversion_config, guidance, plan.guidance, progress=progress)
+    engine = invert_batched if batched and inversion_config.optimizer == "adam" else invert_sequential
+    rungs = (halving_rungs(len(plan.labels), inversion_config.iterations, eta) if schedule == "halving"
+             else [] if schedule == "exhaustive" else list(schedule))
+    records: list[RungRecord] = []
+    if rungs and engine is not invert_batched:
+        raise ConfigError("successive halving needs the batched engine with the adam optimiser")
+    if rungs:
+        result, records = invert_halving(obs, plan.labels, inversion_config, rungs, guidance, plan.guidance,
+                                         with_prior=selection == "matching+prior", progress=progress)
+    else:
+        result = engine(obs, plan.labels, inversion_config, guidance, plan.guidance, progress=progress)
 
     candidates = []
     for k, rec in enumerate(result.reconstructions):
@@ -343,10 +380,17 @@ def run_guided(
             prior_loss=prior, guidance_loss=None if result.guidance_losses is None else result.guidance_losses[k],
             score=score,
         ))
-    chosen = min(range(len(candidates)), key=lambda k: candidates[k].score)
+    if records:
+        for k, cand in enumerate(candidates):
+            cand.rung_losses = [r.matching[k] for r in records if k in r.matching]
+            cand.dropped_at_rung = next((i for i, r in enumerate(records) if k in r.compared and k not in r.kept), None)
+            cand.iterations = result.reconstructions[k].iterations
+    finalists = [k for k, c in enumerate(candidates) if c.dropped_at_rung is None]
+    chosen = min(finalists, key=lambda k: candidates[k].score)
     return GuidanceOutcome(
         mode=mode, guide=guide_name, weight=float(weight), search_space=search_space if mode == "search" else None,
         labels=plan.labels[chosen].clone(), guidance_labels=plan.guidance[chosen].clone(),
         reconstruction=result.reconstructions[chosen], candidates=candidates,
         chosen=chosen, seconds=time.perf_counter() - started,
+        schedule="exhaustive" if not records else schedule if isinstance(schedule, str) else "custom", rungs=records,
     )

@@ -3,8 +3,8 @@ gradients").
 
 One module per strategy, each a function ``(Observation, AuxData | None) -> LabelEstimate``
 registered in :data:`LABEL_STRATEGIES`: ``idlg``, ``yin``, ``llg``, ``llg+``, ``llg*``, ``geng``,
-``ilrg`` and ``ilrg-dummy`` (the default: the most accurate on untrained LeNet, ConvNet and
-ResNet-18 in benchmarks/label_recovery.py).
+``ilrg``, ``ilrg-dummy`` (the default: the most accurate on untrained LeNet, ConvNet and
+ResNet-18 in benchmarks/label_recovery.py) and ``rlu`` (FedAvg: simulates the K local steps).
 
 FedAvg: strategies read ``obs.gradient()``, i.e. ``−Δ / (K η)``, the mean of the K local
 gradients. The FedSGD identities then hold only for the average over a drifting local model, and
@@ -26,6 +26,7 @@ from . import llg  # noqa: F401  isort: skip
 from . import geng  # noqa: F401  isort: skip
 from . import ilrg  # noqa: F401  isort: skip
 from . import ilrg_dummy  # noqa: F401  isort: skip
+from . import rlu  # noqa: F401  isort: skip
 from .base import LABEL_STRATEGIES, AuxData, LabelEstimate, round_counts
 
 DEFAULT_METHOD = "ilrg-dummy"
