@@ -48,7 +48,8 @@ def test_registered_last():
 @pytest.mark.parametrize("batch_size,steps", [(8, 5), (16, 5), (16, 8)])
 def test_exact_on_synthetic_last_layer_over_k_steps(batch_size, steps):
     """Full-batch steps at η = 0.2 move the predictions far enough from θ_0's that the gradient
-    reading misses counts (ilrg-dummy: 4 of these 9 batches exact); the simulation follows them.
+    reading misses counts (ilrg-dummy misses all three batches at B = 16, K = 5); the simulation
+    follows them.
     (Local mini-batches are approximate: their order in later epochs is the client's secret.)"""
     dim = 32
     config = UpdateConfig("fedavg", local_steps=steps, lr=0.2)
