@@ -148,8 +148,9 @@ class SemanticConfig:
     search_space: str = option("labels", "search: candidates change the matched labels too, or the guidance only.",
                                choices="search_space")
     search_schedule: str = option("exhaustive", "Label search: every candidate runs the full schedule (exhaustive), "
-                                                "or successive halving keeps the better half by matching loss at "
-                                                "each rung (halving).", choices=("exhaustive", "halving"))
+                                                "or successive halving keeps the best third by matching loss at each "
+                                                "rung and gives the last three the full schedule (halving).",
+                                  choices=("exhaustive", "halving"))
     compare_guidance: bool = option(False, "Also reconstruct without guidance and report both SSIMs.")
 
 
