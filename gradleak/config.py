@@ -223,8 +223,10 @@ assert len(OPTIONS) == sum(len(fields(c)) for c in SECTIONS.values()), "option n
 
 
 def default(name: str) -> Any:
+    """Option ``name``'s default, in the flat view's form (repeatable options as lists)."""
     f = OPTIONS[name]
-    return f.default if f.default is not MISSING else f.default_factory()
+    value = f.default if f.default is not MISSING else f.default_factory()
+    return list(value) if isinstance(value, tuple) else value
 
 
 def flatten(data: dict[str, Any], where: str = "") -> dict[str, Any]:

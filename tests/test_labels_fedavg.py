@@ -102,3 +102,15 @@ def test_falls_back_to_the_gradient_reading_without_the_schedule(digits):
     estimate = recover_labels(obs, METHOD)
     assert estimate.method == FALLBACK and "gradient" in estimate.method
     assert torch.equal(estimate.counts, recover_labels(obs, "ilrg-dummy").counts)
+
+
+def test_simulates_on_auxiliary_images_when_given(digits):
+    from gradleak.attacks.labels import AuxData
+
+    model = build_model("lenet", digits.input_shape, C, seed=0)
+    x, y, _ = digits.sample_batch(12, torch.Generator().manual_seed(3))
+    config = UpdateConfig("fedavg", local_steps=3, lr=0.1, local_batch_size=4)
+    obs = observe(model, x, y, config, mean=digits.mean, std=digits.std)
+    estimate = recover_labels(obs, METHOD, AuxData(images=digits.images[-64:]))
+    assert estimate.method == METHOD and int(estimate.counts.sum()) == 12 and (estimate.counts >= 0).all()
+    assert accuracy(estimate, y) >= 0.75
