@@ -16,6 +16,10 @@ from gradleak.models import build_model
 from gradleak.studies.checks import check_inputs
 from gradleak.threat import UpdateConfig, simulate_client
 
+# DP-SGD's accounting is Opacus's (the `dp` extra, which needs torch >= 2.6).
+needs_opacus = pytest.mark.skipif(__import__("importlib.util").util.find_spec("opacus") is None,
+                                  reason="opacus is not installed (pip install 'gradleak[dp]')")
+
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
@@ -105,6 +109,7 @@ def test_dp_sgd_clips_each_example_before_summing():
     assert not all(torch.allclose(d, c) for d, c in zip(dp, batch_clipped))
 
 
+@needs_opacus
 def test_dp_sgd_acts_on_every_fedavg_step_and_its_noise_is_seeded():
     model, x, y, _ = _two_examples()
     cfg = UpdateConfig("fedavg", local_steps=3, lr=0.1)
@@ -120,6 +125,7 @@ def test_dp_sgd_acts_on_every_fedavg_step_and_its_noise_is_seeded():
     assert not all(torch.equal(a, b) for a, b in zip(noisy[0], noisy[2]))
 
 
+@needs_opacus
 def test_epsilon_is_opacus_rdp_accountants_value():
     from opacus.accountants import RDPAccountant
     from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
@@ -228,6 +234,7 @@ def _cli(args):
     return exc.value.code
 
 
+@needs_opacus
 def test_attack_cli_applies_and_records_the_defenses(tmp_path, capsys):
     out = tmp_path / "run"
     assert _cli(["attack", "--defense", "clip:C=0.001", "--defense", "dp-sgd:C=1,sigma=0.5", "--iterations", "5",
@@ -241,3 +248,12 @@ def test_attack_cli_applies_and_records_the_defenses(tmp_path, capsys):
     assert clip == {"name": "clip", "C": 0.001}
     assert dp["name"] == "dp-sgd" and dp["steps"] == 1 and dp["delta"] == 1e-5
     assert dp["epsilon"] == pytest.approx(dp_epsilon(0.5, dp["sample_rate"], 1, 1e-5))
+
+
+def test_without_opacus_dp_sgd_says_how_to_get_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "opacus", None)  # import fails as when it is not installed
+    monkeypatch.setitem(sys.modules, "opacus.accountants", None)
+    with pytest.raises(ConfigError, match=r"pip install 'gradleak\[dp\]'"):
+        dp_epsilon(1.0, 0.01, 10, 1e-5)

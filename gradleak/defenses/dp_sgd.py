@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from .base import DEFENSES, Defense, GradientFn, Param, Tensors, clip_to_norm, gaussian_like
 
 
@@ -20,7 +21,13 @@ def dp_epsilon(sigma: float, sample_rate: float, steps: int, delta: float) -> fl
     """ε of ``steps`` subsampled Gaussian steps at (σ, q) for ``delta``; None when σ = 0 (no bound)."""
     if sigma == 0:
         return None
-    from opacus.accountants import RDPAccountant
+    try:
+        from opacus.accountants import RDPAccountant
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("opacus"):
+            raise
+        raise ConfigError("dp-sgd reports its privacy (ε, δ) with Opacus's accountant: "
+                          "pip install 'gradleak[dp]'") from None
 
     accountant = RDPAccountant()
     for _ in range(steps):
