@@ -82,6 +82,7 @@ def test_beats_the_gradient_reading_on_digits(digits):
     assert mean_ours >= 0.9, ours
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [UpdateConfig("fedsgd"), UpdateConfig("fedavg", local_steps=1, lr=0.1)])
 def test_unchanged_where_nothing_drifts(digits, config):
     """FedSGD and one full-batch FedAvg step: ``ilrg-dummy``'s counts, under rlu's name."""
