@@ -14,6 +14,7 @@ from gradleak.errors import ConfigError
 from gradleak.experiments.spec import build_experiment, job_id
 from gradleak.models import build_model
 from gradleak.studies.checks import check_inputs
+from gradleak.studies.client import client_update, client_update_with_batch, prepare_client, update_config
 from gradleak.threat import UpdateConfig, simulate_client
 
 # DP-SGD's accounting is Opacus's (the `dp` extra, which needs torch >= 2.6).
@@ -194,6 +195,9 @@ def test_composition_follows_the_listed_order():
     ("clip", "clip: needs C"),
     ("dp-sgd:C=1", "dp-sgd: needs sigma"),
     ("sign:k=1", "sign: unknown parameter 'k'; it takes no parameters"),
+    ("secagg:N=0", "secagg: N must be ≥ 1"),
+    ("secagg:N=1.5", "secagg: N must be an integer"),
+    ("secagg", "secagg: needs N"),
 ])
 def test_bad_parameters_are_one_line_config_errors_before_any_work(spec, words):
     with pytest.raises(ConfigError) as exc:
@@ -213,7 +217,7 @@ def test_unknown_defense_and_misuse_are_config_errors():
 
 
 def test_registry_and_parsing():
-    assert set(DEFENSES.names()) == {"clip", "client-dp", "dp-sgd", "prune", "quantize", "sign"}
+    assert set(DEFENSES.names()) == {"clip", "client-dp", "dp-sgd", "prune", "quantize", "secagg", "sign"}
     assert parse_defense(" dp-sgd: C=1 , sigma=0.5") == ("dp-sgd", {"C": 1.0, "sigma": 0.5, "delta": 1e-5})
     assert parse_defense("quantize:bits=4") == ("quantize", {"bits": 4})
 
@@ -257,3 +261,86 @@ def test_without_opacus_dp_sgd_says_how_to_get_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "opacus.accountants", None)
     with pytest.raises(ConfigError, match=r"pip install 'gradleak\[dp\]'"):
         dp_epsilon(1.0, 0.01, 10, 1e-5)
+
+
+def _clients(cfg, n, x, y, defenses=()):
+    """Each of the n clients' update, simulated on its own slice of the aggregate's batch."""
+    client = prepare_client(cfg)
+    b = x.shape[0] // n
+    return [simulate_client(client.model, x[k * b:(k + 1) * b], y[k * b:(k + 1) * b], update_config(cfg),
+                            client.data.mean, client.data.std, defenses=build_defenses(defenses),
+                            data_size=len(client.data)).tensors for k in range(n)]
+
+
+@pytest.mark.parametrize("update", ["fedsgd", "fedavg"])
+def test_secure_aggregate_is_the_mean_of_the_clients_updates(update):
+    cfg = AttackConfig.of(defense=["secagg:N=3"], batch_size=2, update=update, local_steps=2)
+    client = prepare_client(cfg)
+    agg, x, y = client_update_with_batch(cfg, client)
+    assert x.shape[0] == y.shape[0] == 6
+    assert torch.equal(x[:2], client.images) and torch.equal(y[:2], client.labels)  # this client's batch first
+    assert not torch.equal(x[2:4], x[:2]) and not torch.equal(x[4:], x[2:4])  # the others hold other batches
+    a, b, c = _clients(cfg, 3, x, y)
+    for t, ta, tb, tc in zip(agg.tensors, a, b, c):
+        assert torch.equal(t, (ta + tb + tc) / 3)  # the revealed sum over N, exactly
+    assert agg.kind == update and agg.defenses == [{"name": "secagg", "N": 3}]
+    again, x2, _ = client_update_with_batch(cfg, prepare_client(cfg))  # reproducible from the run seed
+    assert torch.equal(x2, x) and all(torch.equal(p, q) for p, q in zip(again.tensors, agg.tensors))
+    with pytest.raises(ConfigError, match="secagg: this study attacks one client's batch"):
+        client_update(cfg, client)  # one-batch studies (rounds) refuse the aggregate
+
+
+@pytest.mark.parametrize("before", [[], ["client-dp:C=1,sigma=0.1"]])
+def test_secagg_of_one_client_is_no_aggregation(before):
+    plain_cfg = AttackConfig.of(defense=before, batch_size=3)
+    one_cfg = AttackConfig.of(defense=[*before, "secagg:N=1"], batch_size=3)
+    plain_client, one_client = prepare_client(plain_cfg), prepare_client(one_cfg)
+    for batch in (None, "next"):  # the first batch and a further one (fresh noise, the same stream)
+        plain, px, py = client_update_with_batch(plain_cfg, plain_client,
+                                                 plain_client.next_batch() if batch else None)
+        one, ox, oy = client_update_with_batch(one_cfg, one_client, one_client.next_batch() if batch else None)
+        assert torch.equal(px, ox) and torch.equal(py, oy) and px.shape[0] == 3
+        assert all(torch.equal(p, q) for p, q in zip(plain.tensors, one.tensors))
+        assert one.defenses == (plain.defenses or []) + [{"name": "secagg", "N": 1}]
+    assert torch.equal(client_update(one_cfg, one_client).tensors[0], client_update(plain_cfg, plain_client).tensors[0])
+
+
+def test_secagg_clips_each_client_before_aggregating():
+    C = 0.01
+    cfg = AttackConfig.of(defense=[f"clip:C={C}", "secagg:N=2"], batch_size=2)
+    agg, x, y = client_update_with_batch(cfg, prepare_client(cfg))
+    raw = _clients(cfg, 2, x, y)
+    assert min(float(global_norm(u)) for u in raw) > 10 * C  # both clients' updates are clipped
+    clipped = _clients(cfg, 2, x, y, [f"clip:C={C}"])
+    assert all(float(global_norm(u)) == pytest.approx(C, rel=1e-5) for u in clipped)
+    for t, a, b in zip(agg.tensors, *clipped):
+        assert torch.equal(t, (a + b) / 2)
+    assert float(global_norm(agg.tensors)) <= C * (1 + 1e-6)
+    # Per client, not on the aggregate: clipping the mean of the raw updates gives another update.
+    clip_of_mean = apply_defenses([f"clip:C={C}"], [(a + b) / 2 for a, b in zip(*raw)], _gen())
+    assert not all(torch.allclose(t, c) for t, c in zip(agg.tensors, clip_of_mean))
+    assert agg.defenses == [{"name": "clip", "C": C}, {"name": "secagg", "N": 2}]
+
+
+def test_secagg_goes_last_once():
+    with pytest.raises(ConfigError, match="secagg aggregates the clients' finished updates: list it last, after clip"):
+        build_defenses(["secagg:N=2", "clip:C=1"])
+    with pytest.raises(ConfigError, match="at most one aggregation"):
+        build_defenses(["secagg:N=2", "secagg:N=3"])
+    assert [d.name for d in build_defenses(["dp-sgd:C=1,sigma=1", "clip:C=1", "secagg:N=2"])] == [
+        "dp-sgd", "clip", "secagg"]
+    upd = _update()
+    assert all(torch.equal(a, b) for a, b in zip(apply_defenses(["secagg:N=4"], upd, _gen()), upd))
+    with pytest.raises(ConfigError, match=r"secagg: N·B = 2·300 = 600 is more than the 450 images"):
+        cfg = AttackConfig.of(defense=["secagg:N=2"], batch_size=300)
+        client_update_with_batch(cfg, prepare_client(cfg))
+
+
+def test_attack_on_a_secure_aggregate_is_scored_against_all_clients_images(tmp_path):
+    out = tmp_path / "run"
+    assert _cli(["attack", "--defense", "secagg:N=2", "-b", "2", "--iterations", "5", "-q", "-o", str(out)]) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert len(result["assignment"]) == 4 and len(result["true_labels"]) == 4
+    assert len(result["recovered_labels"]) == 4  # the attacker knows the aggregate covers N·B examples
+    assert result["defenses"] == [{"name": "secagg", "N": 2}]
+    assert result["config"]["defense"] == ["secagg:N=2"]

@@ -1,13 +1,15 @@
 """The defence interface: ``NAME:key=value,…`` specs, their checks, and composition in order.
 
-A defence acts at one of two stages of the client's computation:
+A defence acts at one of three stages of the client's computation:
 
 - ``update``: on the finished update (the FedSGD gradient or the FedAvg weight delta);
 - ``step``: inside each local step, on the per-example gradients (DP-SGD needs them), so it wraps
-  the function that computes a mini-batch's gradient.
+  the function that computes a mini-batch's gradient;
+- ``aggregate``: across clients (``secagg``: the server sees only the aggregate of N clients'
+  updates); ``apply_defenses`` skips it and :mod:`gradleak.studies.client` simulates the clients.
 
 Step defences therefore act before any update defence; a list that puts one after an update
-defence is refused rather than silently reordered.
+defence is refused rather than silently reordered. An aggregate defence comes last (at most one).
 """
 
 from __future__ import annotations
@@ -136,18 +138,26 @@ def build_defenses(specs: Sequence[str]) -> list[Defense]:
     steps = [d for d in built if d.stage == "step"]
     if len(steps) > 1:
         raise ConfigError(f"defense: at most one per-example defense, got {', '.join(d.name for d in steps)}")
+    aggregates = [i for i, d in enumerate(built) if d.stage == "aggregate"]
+    if len(aggregates) > 1:
+        raise ConfigError(f"defense: at most one aggregation, got {', '.join(built[i].name for i in aggregates)}")
+    if aggregates and aggregates[0] != len(built) - 1:
+        d = built[aggregates[0]]
+        raise ConfigError(f"defense {d.name} aggregates the clients' finished updates: list it last, after "
+                          f"{', '.join(x.name for x in built[aggregates[0] + 1:])}")
     seen_update = None
     for d in built:
         if d.stage == "update":
             seen_update = seen_update or d
-        elif seen_update is not None:  # it acts inside the local steps, before the update exists
+        elif d.stage == "step" and seen_update is not None:  # it acts inside the local steps, before the update exists
             raise ConfigError(f"defense {d.name} acts on each step's per-example gradients, before the update "
                               f"exists: list it before {seen_update.name}")
     return built
 
 
 def apply_defenses(defenses: Sequence[Defense | str], tensors: Tensors, generator: torch.Generator) -> Tensors:
-    """The update after every ``update``-stage defence of ``defenses``, in order."""
+    """The update after every ``update``-stage defence of ``defenses``, in order (an ``aggregate``
+    one acts across clients, not here)."""
     if all(isinstance(d, str) for d in defenses):
         defenses = build_defenses(defenses)
     for d in defenses:

@@ -19,7 +19,7 @@ from ..config import AttackConfig
 from ..errors import ConfigError
 from ..threat import Observation
 from .checks import check_inputs
-from .client import Client, client_update, observe, prepare_client
+from .client import Client, client_update_with_batch, observe, prepare_client
 from .evaluate import evaluate_guidance, evaluate_naming, evaluate_outcome, no_truth_summary
 from .naming import name_batches
 from .side import AttackerSide
@@ -117,9 +117,10 @@ def run_attack(cfg: AttackConfig, out_dir: str | Path | None = None, progress: b
     if recorded is not None:
         update, x, y = replay(recorded, client, cfg)
     else:
-        update, x, y = client_update(cfg, client), client.images, client.labels
+        update, x, y = client_update_with_batch(cfg, client)  # under secagg: the aggregate and all N·B images
     if save_update_to is not None:
-        save_update(save_update_to, update, client.model, facts=facts(cfg, client),
+        batch_facts = {"batch_size": int(x.shape[0])} if x is not None else {}
+        save_update(save_update_to, update, client.model, facts={**facts(cfg, client), **batch_facts},
                     truth=(x, y) if save_truth and y is not None else None)
     batch_size = x.shape[0] if x is not None else int(recorded.facts.get("batch_size") or cfg.data.batch_size)
     obs = observe(cfg, client.model, data, update, batch_size, labels=y)
@@ -145,8 +146,8 @@ def run_attack(cfg: AttackConfig, out_dir: str | Path | None = None, progress: b
     if cfg.semantic.labeler != "none":
         outcomes, truths = [outcome], [(x, y)]
         for r in range(1, cfg.client.batches):  # the client's further batches, under the same model
-            xr, yr = client.next_batch()
-            obs_r = observe(cfg, client.model, data, client_update(cfg, client, (xr, yr)), batch_size, labels=yr)
+            update_r, xr, yr = client_update_with_batch(cfg, client, client.next_batch())
+            obs_r = observe(cfg, client.model, data, update_r, batch_size, labels=yr)
             outcomes.append(attack_observation(obs_r, cfg.with_options(seed=cfg.run.seed + r), side, progress))
             truths.append((xr, yr))
         naming = name_batches(side, outcomes, data.num_classes)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
 from ..config import AttackConfig
 from ..data import ImageDataset, load_dataset
-from ..defenses import build_defenses
+from ..defenses import build_defenses, mean_updates, split_aggregate
 from ..errors import ConfigError
 from ..models import build_model
 from ..models.train import train_victim
@@ -79,20 +79,79 @@ def update_config(cfg: AttackConfig) -> UpdateConfig:
 
 # Offsets the defences' noise stream from the batch-sampling stream, which also starts at the run seed.
 DEFENSE_SEED_OFFSET = 0x5EED
+# Offsets the other clients' stream (their batches and noise, under secagg) likewise.
+OTHERS_SEED_OFFSET = 0xA66
 
 
 def client_update(cfg: AttackConfig, client: Client, batch: tuple[torch.Tensor, torch.Tensor] | None = None
                   ) -> ClientUpdate:
     """The update the honest client sends for its private batch (or for ``batch``), with the
-    defences of ``cfg.client.defense`` applied in order."""
+    defences of ``cfg.client.defense`` applied in order. Under ``secagg:N`` with N > 1 the server
+    sees an aggregate over other clients' batches too: use :func:`client_update_with_batch`."""
+    _, aggregate = split_aggregate(build_defenses(cfg.client.defense))
+    if aggregate is not None and aggregate.values["N"] > 1:
+        raise ConfigError("secagg: this study attacks one client's batch; the secure aggregate covers N of them")
+    return client_update_with_batch(cfg, client, batch)[0]
+
+
+def client_update_with_batch(cfg: AttackConfig, client: Client,
+                             batch: tuple[torch.Tensor, torch.Tensor] | None = None
+                             ) -> tuple[ClientUpdate, torch.Tensor, torch.Tensor]:
+    """What the server receives for the client's private batch (or ``batch``), and the images and
+    labels it covers: ``(update, x, y)``.
+
+    Without ``secagg`` that is the client's own update and batch. With ``secagg:N=n`` (listed last)
+    secure aggregation reveals only the sum of n clients' updates and the server divides it by n:
+    the update is the MEAN of the n updates (FedSGD: the gradient of the mean loss over all n·B
+    examples; FedAvg: the mean delta), each computed with the same model and the per-client
+    defences listed before ``secagg``. The other n − 1 clients draw fresh batches of B from the
+    same dataset (reproducible from the run seed); ``x``/``y`` are all n·B, this client's first.
+    """
     x, y = batch if batch is not None else (client.images, client.labels)
-    defenses = build_defenses(cfg.client.defense)
+    per_client, aggregate = split_aggregate(build_defenses(cfg.client.defense))
     seed = cfg.run.seed + DEFENSE_SEED_OFFSET
-    if defenses and batch is not None:  # a further batch: fresh noise, still reproducible from the run seed
+    if per_client and batch is not None:  # a further batch: fresh noise, still reproducible from the run seed
         seed = int(torch.randint(2**62, (1,), generator=client.generator))
+    update = _one_client(cfg, client, x, y, per_client, seed)
+    n = aggregate.values["N"] if aggregate is not None else 1
+    if n > 1:
+        b = x.shape[0]
+        if n * b > len(client.data):
+            raise ConfigError(f"secagg: N·B = {n}·{b} = {n * b} is more than the {len(client.data)} images of "
+                              f"{cfg.data.dataset} {cfg.data.split}")
+        others_seed = cfg.run.seed + OTHERS_SEED_OFFSET
+        if batch is not None:  # further batches: the other clients' fresh batches too
+            others_seed = int(torch.randint(2**62, (1,), generator=client.generator))
+        others = torch.Generator().manual_seed(others_seed)
+        xs, ys, updates = [x], [y], [update]
+        for _ in range(n - 1):
+            xo, yo, _ = client.data.sample_batch(b, others)
+            noise_seed = int(torch.randint(2**62, (1,), generator=others))
+            updates.append(_one_client(cfg, client, xo, yo, per_client, noise_seed))
+            xs.append(xo)
+            ys.append(yo)
+        update = _mean_update(updates)
+        x, y = torch.cat(xs), torch.cat(ys)
+    if aggregate is not None:
+        update.defenses = (update.defenses or []) + [aggregate.record(sample_rate=1.0, steps=1)]
+    return update, x, y
+
+
+def _one_client(cfg: AttackConfig, client: Client, x: torch.Tensor, y: torch.Tensor, defenses, seed: int
+                ) -> ClientUpdate:
     return simulate_client(client.model, x, y, update_config(cfg), client.data.mean, client.data.std,
                            defenses=defenses, defense_generator=torch.Generator().manual_seed(seed),
                            data_size=len(client.data))
+
+
+def _mean_update(updates: list[ClientUpdate]) -> ClientUpdate:
+    """The mean of the clients' updates; BatchNorm statistics (buffers the server averages too) likewise."""
+    first = updates[0]
+    bn = None
+    if first.bn_stats is not None:
+        bn = [(sum(m) / len(updates), sum(v) / len(updates))
+              for m, v in (zip(*layer) for layer in zip(*(u.bn_stats for u in updates)))]
+    return replace(first, tensors=mean_updates([u.tensors for u in updates]), bn_stats=bn)
 
 
 def threat_model(cfg: AttackConfig) -> ThreatModel:

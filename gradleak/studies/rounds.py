@@ -50,6 +50,8 @@ def run_rounds(cfg: RoundsConfig, out_dir: str | Path | None = None, progress: b
         raise ConfigError("rounds measures semantic labels: choose --labeler clip or classifier")
     if a.semantic.class_names is not None:
         raise ConfigError("rounds scores names against the dataset's classes; drop --class-names")
+    if any(spec.split(":", 1)[0] == "secagg" for spec in a.client.defense):
+        raise ConfigError("rounds follows one client's batch; secure aggregation mixes several: drop secagg")
     client = prepare_client(a, progress)
     data, model, x, y = client.data, client.model, client.images, client.labels
     side = AttackerSide(a, data).build()
