@@ -52,3 +52,18 @@ def digits():
     from gradleak.data import load_dataset
 
     return load_dataset("digits", "test")
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``gradleak ARGS`` in this process: ``cli(args)`` → (exit status, stdout, stderr)."""
+    from gradleak.cli import main
+
+    def run(args):
+        with pytest.raises(SystemExit) as exc:
+            main(args)
+            raise SystemExit(0)
+        captured = capsys.readouterr()
+        return exc.value.code, captured.out, captured.err
+
+    return run

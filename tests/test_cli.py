@@ -10,18 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gradleak.cli import main
 
 REQUIRED_KEYS = {"true_labels", "recovered_labels", "label_accuracy", "label_random_baseline", "ssim", "psnr",
                  "assignment", "iterations", "seconds", "seconds_per_iteration", "config"}
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
 
 
 def test_attack_writes_result_and_grid(tmp_path):
@@ -42,17 +33,16 @@ def test_attack_writes_result_and_grid(tmp_path):
     assert "SSIM" in proc.stdout
 
 
-def test_yaml_config_is_overridden_by_flags(tmp_path, capsys):
+def test_yaml_config_is_overridden_by_flags(tmp_path, cli):
     cfg = tmp_path / "attack.yaml"
     cfg.write_text("batch_size: 3\niterations: 50\nseed: 4\n")
-    code, _, err = run_cli(["attack", "--config", str(cfg), "--iterations", "5", "-q", "--out", str(tmp_path / "o")], capsys)
+    code, _, err = cli(["attack", "--config", str(cfg), "--iterations", "5", "-q", "--out", str(tmp_path / "o")])
     assert code == 0, err
     result = json.loads((tmp_path / "o" / "result.json").read_text())
     assert result["config"]["batch_size"] == 3 and result["config"]["seed"] == 4 and result["iterations"] == 5
     nested = tmp_path / "nested.yaml"
     nested.write_text("data: {batch_size: 3}\ninversion: {iterations: 50}\nrun: {seed: 4}\n")
-    code, _, err = run_cli(["attack", "--config", str(nested), "--iterations", "5", "-q", "--out", str(tmp_path / "n")],
-                           capsys)
+    code, _, err = cli(["attack", "--config", str(nested), "--iterations", "5", "-q", "--out", str(tmp_path / "n")])
     assert code == 0, err
     assert json.loads((tmp_path / "n" / "result.json").read_text())["config"] == result["config"]
 
@@ -90,10 +80,10 @@ def _edit_meta(src: Path, dst: Path, **changes) -> None:
     save_file(tensors, str(dst), metadata={"gradleak": json.dumps({**meta, **changes})})
 
 
-def test_bad_inputs_end_with_one_line_and_keep_earlier_results(tmp_path, capsys):
+def test_bad_inputs_end_with_one_line_and_keep_earlier_results(tmp_path, cli):
     out = tmp_path / "run"
     u = tmp_path / "u.safetensors"
-    code, _, err = run_cli(["attack", "--iterations", "3", "-q", "--out", str(out), "--save-update", str(u)], capsys)
+    code, _, err = cli(["attack", "--iterations", "3", "-q", "--out", str(out), "--save-update", str(u)])
     assert code == 0, err
     good = (out / "result.json").read_text()
 
@@ -138,7 +128,7 @@ def test_bad_inputs_end_with_one_line_and_keep_earlier_results(tmp_path, capsys)
     for extra, message in cases:
         started = time.perf_counter()
         few = [] if extra[0] == "--config" else ["--iterations", "2"]  # a typed flag would win over the file
-        code, _, err = run_cli(["attack", "-q", *few, "--out", str(out), "--overwrite"] + extra, capsys)
+        code, _, err = cli(["attack", "-q", *few, "--out", str(out), "--overwrite"] + extra)
         assert code == 2, (extra, err)
         lines = [line for line in err.strip().splitlines() if line]
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in err, (extra, err)
@@ -149,32 +139,32 @@ def test_bad_inputs_end_with_one_line_and_keep_earlier_results(tmp_path, capsys)
     assert not list(tmp_path.glob(".run.partial-*"))  # a failed run leaves no staging folder behind
 
 
-def test_an_output_folder_is_refused_or_replaced_never_mixed(tmp_path, capsys):
+def test_an_output_folder_is_refused_or_replaced_never_mixed(tmp_path, cli):
     out = tmp_path / "run"
-    assert run_cli(["attack", "-q", "--iterations", "2", "--labeler", "classifier", "--classifier-steps", "2",
-                    "--out", str(out)], capsys)[0] == 0
+    assert cli(["attack", "-q", "--iterations", "2", "--labeler", "classifier", "--classifier-steps", "2",
+                    "--out", str(out)])[0] == 0
     assert (out / "probabilities.png").exists()
-    code, _, err = run_cli(["attack", "-q", "--iterations", "2", "--out", str(out)], capsys)
+    code, _, err = cli(["attack", "-q", "--iterations", "2", "--out", str(out)])
     assert code == 2 and "not empty; pass --overwrite" in err
-    assert run_cli(["attack", "-q", "--iterations", "2", "--out", str(out), "--overwrite"], capsys)[0] == 0
+    assert cli(["attack", "-q", "--iterations", "2", "--out", str(out), "--overwrite"])[0] == 0
     assert not (out / "probabilities.png").exists()  # no stale file from the earlier run
     other = tmp_path / "mine"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
-    code, _, err = run_cli(["attack", "-q", "--iterations", "2", "--out", str(other), "--overwrite"], capsys)
+    code, _, err = cli(["attack", "-q", "--iterations", "2", "--out", str(other), "--overwrite"])
     assert code == 2 and "did not write" in err and (other / "notes.txt").read_text() == "keep me"
 
 
-def test_replayed_update_gives_the_same_attack(tmp_path, capsys):
+def test_replayed_update_gives_the_same_attack(tmp_path, cli):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     u, t = tmp_path / "u.safetensors", tmp_path / "t.safetensors"
-    run_cli(["attack", "-q", "--iterations", "20", "--out", str(a), "--save-update", str(u)], capsys)
-    run_cli(["attack", "-q", "--iterations", "20", "--out", str(tmp_path / "a2"), "--save-update", str(t),
-             "--save-truth"], capsys)
-    code, out, _ = run_cli(["attack", "-q", "--iterations", "20", "--out", str(b), "--observed-update", str(u),
-                            "--seed", "0"], capsys)
+    cli(["attack", "-q", "--iterations", "20", "--out", str(a), "--save-update", str(u)])
+    cli(["attack", "-q", "--iterations", "20", "--out", str(tmp_path / "a2"), "--save-update", str(t),
+             "--save-truth"])
+    code, out, _ = cli(["attack", "-q", "--iterations", "20", "--out", str(b), "--observed-update", str(u),
+                            "--seed", "0"])
     assert code == 0 and "nothing scored" in out
-    assert run_cli(["attack", "-q", "--iterations", "20", "--out", str(c), "--observed-update", str(t)], capsys)[0] == 0
+    assert cli(["attack", "-q", "--iterations", "20", "--out", str(c), "--observed-update", str(t)])[0] == 0
     ra, rb, rc = (json.loads((d / "result.json").read_text()) for d in (a, b, c))
     assert ra["recovered_labels"] == rb["recovered_labels"] == rc["recovered_labels"]
     assert ra["matching_loss"] == pytest.approx(rb["matching_loss"], rel=1e-5, abs=1e-7)
@@ -183,13 +173,12 @@ def test_replayed_update_gives_the_same_attack(tmp_path, capsys):
     assert rc["ssim"] == pytest.approx(ra["ssim"]) and rc["true_labels"] == ra["true_labels"]
 
 
-def test_a_degenerate_recorded_update_is_warned_about(tmp_path, capsys):
+def test_a_degenerate_recorded_update_is_warned_about(tmp_path, cli):
     u, z = tmp_path / "u.safetensors", tmp_path / "zero.safetensors"
-    run_cli(["attack", "-q", "--iterations", "2", "--out", str(tmp_path / "a"), "--save-update", str(u)], capsys)
+    cli(["attack", "-q", "--iterations", "2", "--out", str(tmp_path / "a"), "--save-update", str(u)])
     _edit_update(u, z, lambda k, t: torch.zeros_like(t) if k.startswith("update.") else t)
     with pytest.warns(UserWarning, match="all zeros"):
-        run_cli(["attack", "-q", "--iterations", "2", "--out", str(tmp_path / "b"), "--observed-update", str(z)],
-                capsys)
+        cli(["attack", "-q", "--iterations", "2", "--out", str(tmp_path / "b"), "--observed-update", str(z)])
 
 
 def test_tv_prior_is_off_by_default_only_for_tiny_images():

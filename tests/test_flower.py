@@ -40,16 +40,6 @@ def _digits_batch(labels):
     return torch.rand(len(labels), 1, 8, 8, generator=gen), torch.tensor(labels)
 
 
-def run_cli(args, capsys):
-    from gradleak.cli import main
-
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-        raise SystemExit(0)
-    captured = capsys.readouterr()
-    return exc.value.code, captured.out, captured.err
-
-
 # -- update conversion --------------------------------------------------------------------------
 
 
@@ -168,7 +158,7 @@ def test_saved_capture_is_a_recorded_update_with_the_global_weights(tmp_path):
     assert load_update(save_capture(tmp_path / "n.safetensors", capture, task, AttackConfig())).truth is None
 
 
-def test_saved_capture_replays_through_gradleak_attack(tmp_path, capsys):
+def test_saved_capture_replays_through_gradleak_attack(tmp_path, cli):
     from gradleak.config import AttackConfig
     from gradleak.integrations.capture import save_capture
 
@@ -178,18 +168,18 @@ def test_saved_capture_replays_through_gradleak_attack(tmp_path, capsys):
     bare = save_capture(tmp_path / "b.safetensors", capture, task, AttackConfig.of(client_mode="train"))
     base = ["attack", "-q", "--dataset", "digits", "--model", "lenet", "--iterations", "2", "--observed-update"]
     # The model flags pick the architecture; the stored θ replaces the seed-0 weights, so the fingerprint fits.
-    code, out, err = run_cli(base + [str(scored), "-o", str(tmp_path / "a")], capsys)
+    code, out, err = cli(base + [str(scored), "-o", str(tmp_path / "a")])
     assert code == 0, err
     result = json.loads((tmp_path / "a" / "result.json").read_text())
     assert result["true_labels"] == [4, 1, 9] and result["label_accuracy"] == 1.0
     assert sorted(result["recovered_labels"]) == [1, 4, 9] and 0.0 <= result["ssim"] <= 1.0
-    code, out, err = run_cli(base + [str(bare), "-o", str(tmp_path / "b")], capsys)
+    code, out, err = cli(base + [str(bare), "-o", str(tmp_path / "b")])
     assert code == 0 and "nothing scored" in out, err
     result = json.loads((tmp_path / "b" / "result.json").read_text())
     assert result["ssim"] is None and result["label_accuracy"] is None
     assert sorted(result["recovered_labels"]) == [1, 4, 9]
     # Another architecture is refused in one line, not attacked against the wrong weights.
-    code, _, err = run_cli(base + [str(bare), "--model", "convnet", "-o", str(tmp_path / "c")], capsys)
+    code, _, err = cli(base + [str(bare), "--model", "convnet", "-o", str(tmp_path / "c")])
     assert code == 2 and len(err.strip().splitlines()) == 1 and "do not fit convnet" in err
 
 
@@ -416,7 +406,7 @@ def test_demo_run_config_round_trips_to_the_server_apps_attack_config():
     assert task.attack_config(declared) == demo_attack_config()
 
 
-def test_flower_demo_reads_a_config_file_under_its_flags(tmp_path, monkeypatch, capsys):
+def test_flower_demo_reads_a_config_file_under_its_flags(tmp_path, monkeypatch, cli):
     pytest.importorskip("flwr")
     import gradleak.integrations.flower_demo as demo
 
@@ -429,17 +419,17 @@ def test_flower_demo_reads_a_config_file_under_its_flags(tmp_path, monkeypatch, 
     monkeypatch.setattr(demo, "run_flower_demo", fake_run)
     conf = tmp_path / "demo.yaml"
     conf.write_text("inversion: {iterations: 40, attack: dlg}\nclient: {local_steps: 2}\ninit: pytorch\n")
-    code, out, err = run_cli(["flower-demo", "--config", str(conf), "--iterations", "5", "-o", str(tmp_path / "o"),
-                              "--rounds", "2"], capsys)
+    code, out, err = cli(["flower-demo", "--config", str(conf), "--iterations", "5", "-o", str(tmp_path / "o"),
+                              "--rounds", "2"])
     assert code == 0, err
     a = seen[0].attack
     assert (a.inversion.iterations, a.inversion.attack, a.client.local_steps, a.victim.init) == (5, "dlg", 2, "pytorch")
     assert a.client.client_mode == "train" and seen[0].rounds == 2 and "dlg × 5 it" in out
-    code, _, _ = run_cli(["flower-demo", "-o", str(tmp_path / "o")], capsys)
+    code, _, _ = cli(["flower-demo", "-o", str(tmp_path / "o")])
     assert code == 0 and seen[1].attack == demo.demo_attack_config()  # no file, no flags: the demo's defaults
 
 
-def test_flower_demo_refuses_a_non_empty_out_without_overwrite(tmp_path, monkeypatch, capsys):
+def test_flower_demo_refuses_a_non_empty_out_without_overwrite(tmp_path, monkeypatch, cli):
     pytest.importorskip("flwr")
     import gradleak.integrations.flower_local as local
 
@@ -451,7 +441,7 @@ def test_flower_demo_refuses_a_non_empty_out_without_overwrite(tmp_path, monkeyp
     out = tmp_path / "out"
     out.mkdir()
     (out / "leaks.jsonl").write_text("{}\n")  # an earlier demo's results
-    code, _, err = run_cli(["flower-demo", "--rounds", "1", "-o", str(out)], capsys)
+    code, _, err = cli(["flower-demo", "--rounds", "1", "-o", str(out)])
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "not empty" in err and "--overwrite" in err
     assert (out / "leaks.jsonl").read_text() == "{}\n"  # untouched
