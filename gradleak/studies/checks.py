@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..config import AttackConfig, validate
 from ..errors import ConfigError
+from .side import AttackerSide
 
 
 def _looks_like_path(value: str) -> bool:
@@ -34,8 +35,7 @@ def check_inputs(cfg: AttackConfig) -> AttackConfig:
         from ..vision import load_class_names
 
         load_class_names(s.class_names)  # missing, empty or duplicated names are one-line errors
-    uses_clip = s.labeler == "clip" or (s.guidance != "none" and s.guide == "clip")
-    if uses_clip:
+    if AttackerSide(cfg, None).uses_clip:
         if _looks_like_path(s.clip_model) and not (Path(s.clip_model).expanduser() / "config.json").is_file():
             raise ConfigError(f"CLIP model folder {s.clip_model} not found (it needs a config.json: a folder "
                               "written by CLIPModel.save_pretrained)")

@@ -7,6 +7,7 @@ trials, strategies and model initialisations.
 
 from __future__ import annotations
 
+import collections
 import csv
 import io
 import itertools
@@ -185,8 +186,8 @@ def run_and_write_label_sweep(cfg: LabelSweepConfig, out: Path, progress: bool =
                 and json.loads(cfg_path.read_text()) == json.loads(json.dumps(settings)))
     if resuming:
         rows = _read_rows(csv_path)
-        complete = {(b, t) for (b, t) in {(r["batch_size"], r["trial"]) for r in rows}
-                    if sum(1 for r in rows if (r["batch_size"], r["trial"]) == (b, t)) == len(cfg.resolved_methods())}
+        per_batch = collections.Counter((r["batch_size"], r["trial"]) for r in rows)
+        complete = {batch for batch, n in per_batch.items() if n == len(cfg.resolved_methods())}
         rows = [r for r in rows if (r["batch_size"], r["trial"]) in complete]
     else:
         complete = set()

@@ -33,11 +33,6 @@ class AttackerSide:
         s = self.cfg.semantic
         return s.labeler == "clip" or (s.guidance != "none" and s.guide == "clip")
 
-    @property
-    def uses_public(self) -> bool:
-        trains = self.uses_classifier and not self.cfg.semantic.classifier
-        return trains or self.cfg.recovery.label_aux == "public"
-
     def build(self) -> "AttackerSide":
         """Build everything this run needs now, before any inversion (a bad model path fails first)."""
         if self.uses_clip:
@@ -125,10 +120,8 @@ class AttackerSide:
         """What label recovery may use: nothing (dummy inputs) or the public images (``label_aux``)."""
         from ..attacks.labels import AuxData
 
-        if self.cfg.recovery.label_aux == "none":
+        if self.cfg.recovery.label_aux == "none":  # the config admits only none and public
             return None
-        if self.cfg.recovery.label_aux != "public":
-            raise ConfigError(f"unknown label_aux {self.cfg.recovery.label_aux!r}; choose none or public")
         return AuxData(self.public.images, self.public.labels)
 
     def guide_models(self) -> dict[str, Any]:
