@@ -6,7 +6,10 @@ signed Adam, in fp32. gradleak's loop is timed in fp32 and bf16 autocast. The pu
 breaching measured 0.165 s/it (B=1) and 0.589 s/it (B=4) on this machine class.
 
     python benchmarks/attack_speed.py [--iterations 20] [--batch-sizes 1 4] [--threads N] [--client-mode eval]
-                                      [--allocator default] [--repeats 3] [--breaching]
+                                      [--allocator default] [--repeats 3] [--breaching] [--device cpu|cuda|auto]
+
+``gradleak auto`` is ``--precision auto``: bf16 where the device computes it natively
+(:func:`gradleak.runtime.native_bf16`), else fp32; its row names what it resolved to.
 
 ``--breaching`` also times breaching's own loop on this machine, in fp32 (its default) and with its
 ``mixed_precision`` switch (bf16 autocast here), on the same model and gradient; it needs breaching
@@ -35,17 +38,18 @@ from torch import nn
 from gradleak.attacks.inversion import InversionConfig
 from gradleak.attacks.inversion.invert import GradientMatcher, _optimise
 from gradleak.models import build_model
-from gradleak.runtime import tune_allocator
+from gradleak.errors import ConfigError
+from gradleak.runtime import resolve_device, resolve_precision, tune_allocator
 from gradleak.threat import ThreatModel, simulate_client
 
 BREACHING = {1: 0.165, 4: 0.589}
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
-def observation(batch_size: int, client_mode: str = "train"):
+def observation(batch_size: int, client_mode: str = "train", device: str = "cpu"):
     torch.manual_seed(0)
-    model = build_model("convnet", (3, 32, 32), 10, width=64, seed=0).train(client_mode == "train")
-    x, y = torch.rand(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
+    model = build_model("convnet", (3, 32, 32), 10, width=64, seed=0).train(client_mode == "train").to(device)
+    x, y = torch.rand(batch_size, 3, 32, 32).to(device), torch.randint(0, 10, (batch_size,)).to(device)
     update = simulate_client(model, x, y, mean=MEAN, std=STD)
     obs = ThreatModel(knows_labels=True).observe(model, update, (3, 32, 32), 10, MEAN, STD, batch_size, y)
     return obs, y
@@ -56,9 +60,9 @@ def reference_loop(obs, labels, iterations: int) -> float:
     model = obs.model
     params = list(model.parameters())
     target = obs.gradient()
-    m = torch.tensor(MEAN).view(1, 3, 1, 1)
-    s = torch.tensor(STD).view(1, 3, 1, 1)
-    x = torch.rand(labels.shape[0], 3, 32, 32, requires_grad=True)
+    m = torch.tensor(MEAN, device=labels.device).view(1, 3, 1, 1)
+    s = torch.tensor(STD, device=labels.device).view(1, 3, 1, 1)
+    x = torch.rand(labels.shape[0], 3, 32, 32).to(labels.device).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=0.1)
 
     def step():
@@ -80,6 +84,7 @@ def reference_loop(obs, labels, iterations: int) -> float:
     start = time.perf_counter()
     for _ in range(iterations):
         step()
+    float(x.detach().sum())  # wait for a GPU's queued kernels
     return (time.perf_counter() - start) / iterations
 
 
@@ -112,6 +117,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
+                        help="where the victim and the attack run (auto: cuda when available)")
     parser.add_argument("--client-mode", choices=["train", "eval"], default="train",
                         help="BN mode of the victim: train (batch statistics) or eval (gradleak attack's default)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each loop; the fastest is kept")
@@ -120,6 +127,11 @@ def main() -> None:
     parser.add_argument("--breaching", action="store_true",
                         help="also time breaching's own loop here (pip install --no-deps breaching==0.1.2 hydra-core)")
     args = parser.parse_args()
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as err:
+        parser.error(str(err))
+    auto = resolve_precision("auto", device)
     if args.breaching:
         from breaching_loop import breaching_loop, import_breaching
 
@@ -132,15 +144,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.iterations} timed iterations (best of {args.repeats}), BN in {args.client_mode} mode, "
-          f"allocator {'tuned' if tuned else 'default'}")
+          f"allocator {'tuned' if tuned else 'default'}, device {device}, precision auto → {auto}")
     last = "vs breaching here" if args.breaching else "vs breaching"
     print(f"{'B':>3} {'loop':<22} {'s/iter':>8} {'vs reference':>13} {last:>18}")
     for b in args.batch_sizes:
-        obs, labels = observation(b, args.client_mode)
+        obs, labels = observation(b, args.client_mode, device)
         loops = {
             "reference fp32": lambda: reference_loop(obs, labels, args.iterations),
             "gradleak fp32": lambda: gradleak_loop(obs, labels, args.iterations, "fp32"),
             "gradleak bf16": lambda: gradleak_loop(obs, labels, args.iterations, "bf16"),
+            f"gradleak auto ({auto})": lambda: gradleak_loop(obs, labels, args.iterations, "auto"),
         }
         if args.breaching:
             loops["breaching fp32"] = lambda: breaching_loop(obs, labels, args.iterations)

@@ -3,6 +3,7 @@
     python benchmarks/search_halving.py [--dataset cifar10|digits] [--data-dir DIR] [--model lenet|convnet]
                                         [--images 8] [--iterations 200] [--spaces guidance,labels]
                                         [--eta 3] [--weight 0.1] [--classifier-steps N] [--threads 1]
+                                        [--device cpu|cuda|auto]
 
 B = 1, one candidate per class (10), classifier guide trained on the PUBLIC train split, untrained
 victim (seed = image index). For each search space and image both schedules run back to back on the
@@ -40,8 +41,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weight", type=float, default=0.1)
     p.add_argument("--classifier-steps", type=int, default=None)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from gradleak.errors import ConfigError
+    from gradleak.runtime import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except ConfigError as err:
+        p.error(str(err))
 
     from gradleak.attacks.inversion import preset
     from gradleak.attacks.inversion.schedules import halving_rungs
@@ -61,14 +70,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.dataset}, {args.model}, B=1, {test.num_classes} candidates, {args.iterations} iterations, "
           f"eta={args.eta}, rungs {[(r.iterations, r.keep) for r in rungs]}, guide accuracy "
           f"{classifier_accuracy(aux, test.images, test.labels):.3f} ({steps} steps on the public split), "
-          f"threads={torch.get_num_threads()}; timings on a shared machine (other processes running)")
-
+          f"threads={torch.get_num_threads()}, device {device}; timings on a shared machine (other processes running)")
+    aux = aux.to(device)  # trained (and scored) on the CPU; guides on the attack's device
     spaces = args.spaces.split(",")
     stats = {s: {"exhaustive": [0.0, 0], "halving": [0.0, 0], "same": 0, "work": 0.0} for s in spaces}
     for i in range(args.images):
         x, y, _ = test.sample_batch(1, torch.Generator().manual_seed(100 + i))
-        model = build_model(args.model, test.input_shape, test.num_classes, width=width, seed=i).train()
-        update = simulate_client(model, x, y, mean=test.mean, std=test.std)
+        model = build_model(args.model, test.input_shape, test.num_classes, width=width, seed=i).train().to(device)
+        update = simulate_client(model, x.to(device), y.to(device), mean=test.mean, std=test.std)
         obs = ThreatModel().observe(model, update, test.input_shape, test.num_classes, test.mean, test.std,
                                     batch_size=1, class_names=test.class_names)
         if i == 0:  # warm up (allocator, oneDNN primitives) outside the timings

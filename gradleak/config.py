@@ -103,6 +103,8 @@ class ThreatConfig:
     knows_labels: bool = option(False, "The threat model grants the true labels.")
     knows_bn_stats: bool = option(False, "The threat model grants the BN statistics of the client's batch.")
     knows_local_schedule: bool = option(True, "FedAvg: the attacker knows the client's lr and local steps.")
+    knows_defense: bool = option(False, "The attacker knows the client's defences and their parameters (not the "
+                                        "noise or the mask) and adapts the attack to them.")
 
 
 @dataclass
@@ -121,7 +123,13 @@ class InversionOptions:
     tv: float | None = option(None, "Total-variation weight (default: the preset's).", ge=0)
     step_size: float | None = option(None, "Adam step in normalised-input units (default: the preset's).", gt=0)
     bn_prior: float = option(0.0, "BN-statistics prior weight.", ge=0)
-    precision: str = option("fp32", "Autocast precision of the matching loss.", choices=("fp32", "bf16"))
+    precision: str = option("fp32", "Autocast precision of the matching loss; auto: bf16 where the device "
+                                    "computes bf16 natively (detected), else fp32.", choices=("auto", "fp32", "bf16"))
+    fedavg_matching: str = option("gradient", "FedAvg updates: match the dummies' gradient to the delta read as "
+                                              "−Δ/(Kη) (gradient), or simulate the client's K local steps on them "
+                                              "and match the simulated delta (unrolled; -checkpoint: recompute "
+                                              "each step, less memory). FedSGD ignores it.",
+                                  choices=("gradient", "unrolled", "unrolled-checkpoint"))
 
 
 @dataclass
@@ -158,6 +166,8 @@ class SemanticConfig:
 class RunConfig:
     seed: int = option(0, "Seed of the victim's initialisation, the private batch and the attack.", ge=0)
     threads: int | None = option(None, "Intra-op CPU threads (default: 1 for small models, else torch's).", ge=1)
+    device: str = option("auto", "Where the victim, the attacker's models and the attack run: auto (cuda when "
+                                 "available, else cpu), cpu or cuda.", choices=("auto", "cpu", "cuda"))
 
 
 SECTIONS = {"data": DataConfig, "victim": VictimConfig, "client": ClientConfig, "threat": ThreatConfig,

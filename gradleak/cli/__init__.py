@@ -23,7 +23,7 @@ def _load_commands() -> None:
     # Imported for their side effect of registering subcommands on `cli`.
     from . import attack  # noqa: F401
 
-    for optional in ("labels", "rounds", "sweep", "flower"):
+    for optional in ("labels", "rounds", "sweep", "flower", "utility"):
         try:
             __import__(f"{__name__}.{optional}")
         except ModuleNotFoundError as exc:

@@ -8,6 +8,7 @@ import click
 
 from ..errors import GradleakError
 from ..integrations.flower_demo import APP_OPTIONS, DEMO_DEFAULTS
+from ..integrations.privacy import FLOWER_DP, FLOWER_SECAGG
 from . import cli
 from .options import build_config, config_file_option, config_options, overwrite_option
 
@@ -34,6 +35,13 @@ from .options import build_config, config_file_option, config_options, overwrite
                    "gradleak attack --observed-update FILE --dataset D --model M).")
 @click.option("--app", type=click.Path(file_okay=False), default=None,
               help="Flower app folder (default: the app shipped with gradleak, gradleak/integrations/flower_app).")
+@click.option("--flower-dp", default="none", show_default=True, metavar="SPEC",
+              help=f"Flower's own DP: {' | '.join(FLOWER_DP.names())}, e.g. client-fixed:C=0.5,sigma=1 "
+                   "(fixedclipping_mod + Flower's DP strategy wrapper), server-fixed:C=0.5,sigma=1, "
+                   "local:C=0.5,epsilon=10 (LocalDpMod). The report says what the server still sees and learns.")
+@click.option("--flower-secagg", default="none", show_default=True, metavar="SPEC",
+              help=f"Flower's secure aggregation: {' | '.join(FLOWER_SECAGG.names())}[:shares=f,threshold=f,"
+                   "max_weight=w,clip=r] (SecAgg+; the server, and the attack, see only each round's aggregate).")
 def flower_demo(config_file, out, overwrite, app, **params) -> None:
     """Run a real Flower federation whose server attacks every client update; print what leaked.
 

@@ -39,6 +39,9 @@ def sweep(experiment, out, workers, backend, address, data_dir, make_report, qui
                         progress=not quiet, echo=click.echo)
     click.echo(f"{summary.done} run(s) finished, {summary.failed} failed, {summary.skipped} skipped "
                f"→ {out_dir}/results.sqlite, {out_dir}/runs/")
+    if summary.utility_done or summary.utility_failed:
+        click.echo(f"utility: {summary.utility_done} setting(s) computed, {summary.utility_failed} failed "
+                   f"→ {out_dir}/utility/")
     if make_report:
         _report(out_dir)
     else:
@@ -62,3 +65,10 @@ def _report(directory: Path) -> None:
     click.echo(f"{rep.runs} done run(s), {rep.failed} failed → {rep.html}")
     for claim in rep.claims:
         click.echo(f"  [{claim.verdict}] {claim.text} {claim.evidence}")
+    if rep.stops:  # runs with defences: where each leakage measure becomes indistinguishable from random
+        from ..experiments.report import stop_table
+
+        header, rows = stop_table(rep.stops)
+        click.echo("where attacks stop (weakest setting ≈ random): " + " | ".join(header))
+        for row in rows:
+            click.echo("  " + " | ".join(row))

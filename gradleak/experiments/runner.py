@@ -191,6 +191,8 @@ class SweepSummary:
     done: int  # finished now
     failed: int  # failed now
     out: Path
+    utility_done: int = 0  # utility settings computed now (experiments with a utility: budget)
+    utility_failed: int = 0
 
 
 def write_artefacts(run_dir: Path, artefacts: dict[str, bytes]) -> None:
@@ -229,7 +231,8 @@ def run_sweep(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "experiment.yaml", yaml.safe_dump(
-        {"name": experiment.name, "base": experiment.base, "grid": experiment.grid}, sort_keys=False))
+        {"name": experiment.name, "base": experiment.base, "grid": experiment.grid,
+         **({"utility": experiment.utility} if experiment.utility is not None else {})}, sort_keys=False))
     # Each local worker gets its share of the cores; one worker keeps torch's default.
     threads = max(1, cpu_count() // workers) if workers > 1 else None
     if backend == "ray" and address:
@@ -265,7 +268,12 @@ def run_sweep(
         finally:
             if bar is not None:
                 bar.close()
-    return SweepSummary(len(experiment.jobs), skipped, retried, done, failed, out)
+    utility = (0, 0)
+    if experiment.utility is not None:  # once per defence setting, after the attacks (cached in DIR/utility/)
+        from .utility import run_utility
+
+        utility = run_utility(experiment, out, run_backend, workers, threads, address, progress, echo)
+    return SweepSummary(len(experiment.jobs), skipped, retried, done, failed, out, *utility)
 
 
 def _progress_bar(total: int, name: str, enabled: bool):

@@ -8,7 +8,8 @@ An experiment file holds ``name:`` (optional), ``base:`` (fields every run share
     grid: {batch_size: [1, 2, 4, 8], seed: [0, 1]}
 
 ``grid`` may also be a list of such mappings: each sub-grid is expanded over the base and the runs
-are pooled (a run two sub-grids share runs once). ``base`` may nest options by section (``inversion: {iterations: 300}``). A relative ``data_dir`` is
+are pooled (a run two sub-grids share runs once). An optional ``utility: {rounds, clients, seeds}``
+asks the sweep for the FedAvg utility of each defence setting (:mod:`gradleak.experiments.utility`). ``base`` may nest options by section (``inversion: {iterations: 300}``). A relative ``data_dir`` is
 resolved against the YAML file's folder; without one, CIFAR-10 is read from ``--data-dir`` or
 ``$GRADLEAK_CIFAR10_DIR``. Every grid point is validated (option names, types, ranges, registered
 names, files) before anything runs, so a typo fails in a second instead of after hours of sweeping.
@@ -28,7 +29,7 @@ from ..config_files import read_yaml_mapping
 from ..errors import ConfigError
 from ..studies.checks import check_inputs
 
-TOP_LEVEL_KEYS = ("name", "base", "grid")
+TOP_LEVEL_KEYS = ("name", "base", "grid", "utility")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Experiment:
     grid: dict[str, list[Any]] | list[dict[str, list[Any]]]  # one grid, or sub-grids whose jobs are pooled
     jobs: list[Job]
     source: Path | None = None
+    utility: dict[str, Any] | None = None  # the FedAvg utility budget (see gradleak.experiments.utility)
 
 
 def canonical_json(config: dict[str, Any]) -> str:
@@ -126,7 +128,12 @@ def build_experiment(data: dict[str, Any], source: Path | None = None, name: str
         for run_id, cfg in zip(ids, configs):  # sub-grids may share runs: each runs once
             jobs.setdefault(run_id, Job(run_id, canonical(cfg)))
     title = str(data.get("name") or name or (source.stem if source else "experiment"))
-    return Experiment(title, base, grids if listed else grids[0], list(jobs.values()), source)
+    utility = data.get("utility")
+    if utility is not None:
+        from ..studies.utility import UtilityBudget
+
+        utility = UtilityBudget.parse(utility).to_dict()  # one-line errors before anything runs
+    return Experiment(title, base, grids if listed else grids[0], list(jobs.values()), source, utility)
 
 
 def _check_grid(base: dict[str, Any], grid: dict[str, Any]) -> None:

@@ -42,6 +42,9 @@ class CapturedUpdate:
     client_weights: dict[str, np.ndarray]
     train_config: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # What the server held: one client's reply, or (secure aggregation) the aggregate of ``members``.
+    observed: str = "individual reply"
+    members: tuple[int, ...] = ()
 
     @property
     def key(self) -> tuple[int, int]:

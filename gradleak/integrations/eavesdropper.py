@@ -98,6 +98,7 @@ class LeakRecord:
     lr: float | None = None
     local_steps: int | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    observed: str | None = None  # what the server held: "individual reply …" or "aggregate of N clients"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -259,6 +260,7 @@ class Eavesdropper:
         if capture is not None:
             lr, steps, _ = self.config.schedule.read(capture.train_config)
             record.num_examples, record.lr, record.local_steps = capture.num_examples(), lr, steps
+            record.observed = capture.observed
             # The evaluator's side channel, read only now that the attack is over.
             if self.ground_truth is not None and (job.status == "done" or self._saves_captures):
                 try:
@@ -277,7 +279,8 @@ class Eavesdropper:
                 record.status, record.error = "failed", f"scoring failed: {type(exc).__name__}: {exc}"
         config = {"attack": self.config.attack.to_dict(), "task": asdict(self.task),
                   "flower": {"server_round": server_round, "node_id": node_id, "lr": record.lr,
-                             "local_steps": record.local_steps, "num_examples": record.num_examples}}
+                             "local_steps": record.local_steps, "num_examples": record.num_examples,
+                             "observed": record.observed}}
         with self._lock:
             self.records.append(record)
         for sink in self.sinks:

@@ -6,7 +6,8 @@ and the weights θ' each node returns, hands the aggregation to the wrapped stra
 and passes every reply, as a :class:`~gradleak.integrations.capture.CapturedUpdate`, to an
 :class:`~gradleak.integrations.eavesdropper.Eavesdropper`, which attacks it off the round's path.
 
-This module is the only one that knows Flower's types (``ArrayRecord``, ``Message``); the rest
+This module and :mod:`~gradleak.integrations.flower_privacy` (Flower's DP wrappers/mods and SecAgg+
+around the same eavesdropper) are the only ones that know Flower's types (``ArrayRecord``, ``Message``); the rest
 lives in framework-free modules: :mod:`~gradleak.integrations.weights` (θ, θ' → update),
 :mod:`~gradleak.integrations.capture` (captures and ground-truth files) and
 :mod:`~gradleak.integrations.eavesdropper` (the attack, scoring, result sinks, threat model).
@@ -67,15 +68,17 @@ class EavesdroppingStrategy(_FlowerStrategy):
     off-path workers.
     """
 
-    def __init__(self, strategy: "_FlowerStrategy", eavesdropper: Eavesdropper) -> None:
+    def __init__(self, strategy: "_FlowerStrategy", eavesdropper: Eavesdropper,
+                 observed: str = "individual reply") -> None:
         require_flwr()
         self.strategy = strategy
         self.eavesdropper = eavesdropper
+        self.observed = observed  # what each reply is, in the records (e.g. "individual reply, clipped …")
         self._sent: dict[tuple[int, int], tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
 
     def __getattr__(self, name: str) -> Any:
         # Attributes the wrapped strategy has (weighted_by_key, fractions, …) read through.
-        if name in ("strategy", "eavesdropper", "_sent"):
+        if name in ("strategy", "eavesdropper", "_sent", "observed"):
             raise AttributeError(name)
         return getattr(self.strategy, name)
 
@@ -133,7 +136,7 @@ class EavesdroppingStrategy(_FlowerStrategy):
             return
         metrics = next(iter(reply.content.metric_records.values()), None)
         self.eavesdropper.capture(CapturedUpdate(server_round, node_id, sent[0], _record_to_numpy(record),
-                                                 dict(sent[1]), _plain(metrics)))
+                                                 dict(sent[1]), _plain(metrics), observed=self.observed))
 
 
 def eavesdrop(strategy: "_FlowerStrategy", task: TaskSpec, config: EavesdropConfig = EavesdropConfig(),

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..config import AttackConfig, default
 from ..errors import ConfigError, GradleakError
 from .eavesdropper import LeakRecord, read_leaks
+from .privacy import FlowerPrivacy
 
 if TYPE_CHECKING:  # it imports flwr: imported when the demo runs, not when the CLI loads
     from .flower_local import LocalFederation
@@ -67,6 +68,13 @@ class FlowerDemoConfig:
     isolation: str = "process"
     save_captures: bool = False
     app: Path | None = None  # None: the app shipped with gradleak (EXAMPLE_APP)
+    # Flower's own privacy features, as gradleak.integrations.privacy names them (app keys flower-dp/-secagg).
+    flower_dp: str = "none"
+    flower_secagg: str = "none"
+
+    @property
+    def privacy(self) -> FlowerPrivacy:
+        return FlowerPrivacy.parse(self.flower_dp, self.flower_secagg)
 
     def validate(self) -> None:
         from ..studies.checks import check_inputs
@@ -75,6 +83,8 @@ class FlowerDemoConfig:
             raise ConfigError("rounds and clients must be at least 1")
         if not self.timeout_s > 0 or (self.attack_timeout_s is not None and not self.attack_timeout_s > 0):
             raise ConfigError("timeouts must be positive")
+        if self.privacy.aggregate_only and self.clients < 2:
+            raise ConfigError("--flower-secagg needs at least 2 clients (SecAgg+ aggregates several)")
         if self.isolation not in ("process", "thread"):
             raise ConfigError(f"unknown isolation {self.isolation!r}; choose process or thread")
         a = check_inputs(self.attack)
@@ -90,7 +100,8 @@ class FlowerDemoConfig:
         """What ran, as ``config.json`` records it."""
         return {"attack": self.attack.to_dict(), "rounds": self.rounds, "clients": self.clients, "out": str(self.out),
                 "timeout_s": self.timeout_s, "attack_timeout_s": self.attack_timeout_s, "isolation": self.isolation,
-                "save_captures": self.save_captures, "app": str(self.app) if self.app is not None else None}
+                "save_captures": self.save_captures, "app": str(self.app) if self.app is not None else None,
+                "flower_dp": self.flower_dp, "flower_secagg": self.flower_secagg}
 
 
 @dataclass
@@ -134,7 +145,7 @@ def demo_run_config(cfg: FlowerDemoConfig, deadline_unix: float) -> dict:
         "attack-isolation": cfg.isolation, "max-pending": cfg.rounds * cfg.clients,
         "drain-timeout": float(cfg.timeout_s), "drain-deadline": float(deadline_unix),
         "out-dir": str(out), "store": str(out / "results.sqlite"), "truth-dir": str(out / "truth"),
-        "save-captures": cfg.save_captures,
+        "save-captures": cfg.save_captures, "flower-dp": cfg.flower_dp, "flower-secagg": cfg.flower_secagg,
     }
 
 
@@ -215,29 +226,37 @@ def format_report(result: FlowerDemoResult) -> str:
     batch, steps = a.data.batch_size, a.client.local_steps
     kind = "FedSGD" if steps == 1 else f"FedAvg ({steps} local steps)"
     iterations = a.inversion.iterations or "the preset's"
+    privacy = cfg.privacy
+    said = {r.observed for r in result.records if r.observed}  # what the eavesdropper itself recorded
+    seen = said.pop() if len(said) == 1 else privacy.observed(cfg.clients)
+    if privacy.aggregate_only:  # one capture per round, of all N·B images
+        batch, unit, expected = cfg.clients * batch, "aggregates", cfg.rounds
+    else:
+        unit, expected = "client updates", cfg.rounds * cfg.clients
     lines = [
         f"Flower federation on 127.0.0.1: {cfg.clients} clients × {cfg.rounds} rounds, {a.data.dataset}/"
-        f"{a.victim.model}, B={batch}, {kind} lr={a.client.local_lr}; server attack {a.inversion.attack} × "
-        f"{iterations} it",
+        f"{a.victim.model}, B={a.data.batch_size}, {kind} lr={a.client.local_lr}; server attack "
+        f"{a.inversion.attack} × {iterations} it",
+        f"Flower privacy: {privacy.describe()}; the server observes: {seen}",
         f"{'round':>5}  {'client':>6}  {'status':<8} {'recovered':<{2 * batch + 3}} "
         f"{'true':<{2 * batch + 3}} {'labels':>6}  {'SSIM':>6}  grid",
     ]
     order = sorted(result.records, key=lambda r: (r.server_round, result.clients.get(r.node_id, r.node_id)))
     for r in order:
         client = result.clients.get(r.node_id)
-        who = str(client) if client is not None else f"n{r.node_id}"
+        who = ("all" if privacy.aggregate_only else str(client) if client is not None else f"n{r.node_id}")
         acc = f"{r.label_accuracy:.2f}" if r.label_accuracy is not None else "-"
         ssim = f"{r.ssim:.3f}" if r.ssim is not None else "-"
         tail = r.grid or (r.error or "")
         lines.append(f"{r.server_round:>5}  {who:>6}  {r.status:<8} {_labels(r.recovered_labels):<{2 * batch + 3}} "
                      f"{_labels(r.true_labels):<{2 * batch + 3}} {acc:>6}  {ssim:>6}  {tail}")
     done = [r for r in result.records if r.status == "done" and r.label_accuracy is not None]
-    expected = cfg.rounds * cfg.clients
     if done:
         mean_acc = sum(r.label_accuracy for r in done) / len(done)
         mean_ssim = sum(r.ssim for r in done) / len(done)
         lines.append(f"leaked: mean label accuracy {mean_acc:.2f}, mean SSIM {mean_ssim:.3f} over {len(done)} of "
-                     f"{expected} client updates")
+                     f"{expected} {unit}" + (f" (each scored against all {batch} images of the {cfg.clients} clients)"
+                                             if privacy.aggregate_only else ""))
     else:
         lines.append(f"no attack finished ({len(result.records)} of {expected} updates recorded)")
     lines.append(f"results store {result.store}; logs {result.logs}"

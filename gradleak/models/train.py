@@ -30,10 +30,11 @@ def train_victim(
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     model.train()
-    n = images.shape[0]
+    n, device = images.shape[0], next(model.parameters()).device
     for _ in tqdm(range(steps), disable=not progress, desc="training victim", leave=False):
-        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
-        loss = nn.functional.cross_entropy(model(normalize_input(images[idx], mean, std)), labels[idx])
+        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)  # CPU draws: the same batches anywhere
+        xb, yb = images[idx].to(device), labels[idx].to(device)
+        loss = nn.functional.cross_entropy(model(normalize_input(xb, mean, std)), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -17,6 +17,7 @@ import torch
 
 from ..config import AttackConfig
 from ..errors import ConfigError
+from ..runtime import resolve_device, resolve_precision
 from ..threat import Observation
 from .checks import check_inputs
 from .client import Client, client_update_with_batch, observe, prepare_client
@@ -37,6 +38,7 @@ class AttackOutcome:
     reconstruction: Any  # gradleak.attacks.inversion.Reconstruction
     seconds: float
     guidance: Any = None  # gradleak.attacks.inversion.search.GuidanceOutcome when guided
+    schedule: Any = None  # gradleak.attacks.inversion.fedavg.ScheduleEstimate when unrolled without the schedule
 
 
 @dataclass
@@ -63,8 +65,17 @@ def inversion_config(cfg: AttackConfig, input_shape: tuple[int, ...] | None = No
         regs.pop("tv", None)
     if inv.bn_prior:
         regs["bn_stats"] = inv.bn_prior
-    return preset(inv.attack, iterations=inv.iterations, restarts=inv.restarts, precision=inv.precision,
-                  seed=cfg.run.seed, regularizers=regs, lr=inv.step_size)
+    precision = resolve_precision(inv.precision, resolve_device(cfg.run.device))  # auto → fp32 or bf16, here
+    return preset(inv.attack, iterations=inv.iterations, restarts=inv.restarts, precision=precision,
+                  seed=cfg.run.seed, regularizers=regs, lr=inv.step_size, fedavg_matching=inv.fedavg_matching)
+
+
+def _on_cpu(recon):
+    """A reconstruction made on the device, moved (in place) to the CPU, where the evaluator and the
+    files read it."""
+    recon.images, recon.labels = recon.images.cpu(), recon.labels.cpu()
+    recon.restart_images = [x.cpu() for x in recon.restart_images]
+    return recon
 
 
 def attack_observation(obs: Observation, cfg: AttackConfig, side: AttackerSide, progress: bool = True,
@@ -79,24 +90,31 @@ def attack_observation(obs: Observation, cfg: AttackConfig, side: AttackerSide, 
     from ..attacks.labels import DEFAULT_METHOD, recover_labels
 
     started = time.perf_counter()
+    obs = obs.to(side.device)  # an observation from elsewhere (a capture, the CPU) joins the attacker's models
     estimate = None
     if obs.labels is not None:
-        labels, label_method = obs.labels, "granted"
+        labels, label_method = obs.labels.cpu(), "granted"
     else:
         method = DEFAULT_METHOD if cfg.recovery.labels == "auto" else cfg.recovery.labels
-        estimate = recover_labels(obs, method, side.label_aux())
+        # Label recovery is analytic and small: it runs on the CPU whatever the device.
+        estimate = recover_labels(obs.to("cpu"), method, side.label_aux())
         labels, label_method = estimate.labels, estimate.method
     inv = inversion_config(cfg, obs.input_shape)
     s = cfg.semantic
     if s.guidance == "none":
-        recon = invert(obs, labels, inv, progress=progress)
-        return AttackOutcome(labels, label_method, recon, time.perf_counter() - started)
+        from ..attacks.inversion.fedavg import with_schedule
+
+        # Unrolled matching without a granted schedule: estimate (η, K) from the update first.
+        obs, schedule = with_schedule(obs, labels, inv) if inv.fedavg_matching != "gradient" else (obs, None)
+        recon = _on_cpu(invert(obs, labels, inv, progress=progress))
+        return AttackOutcome(labels, label_method, recon, time.perf_counter() - started, schedule=schedule)
     if s.guidance == "oracle" and oracle_labels is None:
         raise ConfigError("oracle guidance needs the true labels, which only the evaluator has")
     guided = run_guided(obs, estimate if estimate is not None else labels, inv, mode=s.guidance, guide_name=s.guide,
                         weight=s.guidance_weight, true_labels_for_oracle=oracle_labels, class_names=obs.class_names,
                         progress=progress, search_space=s.search_space, views=s.guide_views,
                         schedule=s.search_schedule, **side.guide_models())
+    _on_cpu(guided.reconstruction)
     return AttackOutcome(guided.labels, label_method, guided.reconstruction, time.perf_counter() - started, guided)
 
 
@@ -129,7 +147,15 @@ def run_attack(cfg: AttackConfig, out_dir: str | Path | None = None, progress: b
     summary = evaluate_outcome(outcome, x, y, data.num_classes) if y is not None else no_truth_summary(outcome)
     summary.update(class_names=data.class_names, config=cfg.to_dict(),
                    inversion=inversion_config(cfg, data.input_shape).to_dict())
+    # What auto resolved to on this machine (config holds what was asked for).
+    summary.update(device=str(obs.device), precision_resolved=summary["inversion"]["precision"])
     summary.update({"defenses": update.defenses} if update.defenses else {})  # what the client applied, ε included
+    if update.defenses:  # naive vs defence-aware side by side: knows_defense is the axis
+        from ..attacks.inversion.defense_aware import pieces
+
+        summary.update(knows_defense=cfg.threat.knows_defense, defense_aware=pieces(
+            obs, summary["inversion"]["objective"], cfg.semantic.guidance == "none", outcome.label_method != "granted"))
+    summary.update({"schedule_estimate": outcome.schedule.to_dict()} if outcome.schedule is not None else {})
     if outcome.guidance is not None:
         summary.update(outcome.guidance.summary())
         if y is not None:

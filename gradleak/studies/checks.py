@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..config import AttackConfig, validate
 from ..errors import ConfigError
+from ..runtime import resolve_device
 from .side import AttackerSide
 
 
@@ -16,6 +17,7 @@ def _looks_like_path(value: str) -> bool:
 def check_inputs(cfg: AttackConfig) -> AttackConfig:
     """Validate every option and every file the run will read; ConfigError on the first problem."""
     validate(cfg)
+    resolve_device(cfg.run.device)  # --device cuda without CUDA: one line, before any work
     d, s, c = cfg.data, cfg.semantic, cfg.client
     if d.data_dir is not None and not Path(d.data_dir).expanduser().exists():
         raise ConfigError(f"data folder {d.data_dir} does not exist")

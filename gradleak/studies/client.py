@@ -13,7 +13,7 @@ from ..defenses import build_defenses, mean_updates, split_aggregate
 from ..errors import ConfigError
 from ..models import build_model
 from ..models.train import train_victim
-from ..runtime import set_threads
+from ..runtime import resolve_device, set_threads
 from ..threat import ClientUpdate, Observation, ThreatModel, UpdateConfig, simulate_client
 
 
@@ -66,7 +66,7 @@ def prepare_client(cfg: AttackConfig, progress: bool = False) -> Client:
     if cfg.data.batch_size > len(data):
         raise ConfigError(f"batch size {cfg.data.batch_size} is larger than the {len(data)} images of "
                           f"{cfg.data.dataset} {cfg.data.split}")
-    model = build_victim(cfg, data, cfg.run.seed, progress)
+    model = build_victim(cfg, data, cfg.run.seed, progress).to(resolve_device(cfg.run.device))  # built on the CPU
     generator = torch.Generator().manual_seed(cfg.run.seed)
     x, y, idx = data.sample_batch(cfg.data.batch_size, generator)
     return Client(data, model, x, y, idx, generator)
@@ -139,8 +139,9 @@ def client_update_with_batch(cfg: AttackConfig, client: Client,
 
 def _one_client(cfg: AttackConfig, client: Client, x: torch.Tensor, y: torch.Tensor, defenses, seed: int
                 ) -> ClientUpdate:
-    return simulate_client(client.model, x, y, update_config(cfg), client.data.mean, client.data.std,
-                           defenses=defenses, defense_generator=torch.Generator().manual_seed(seed),
+    device = next(client.model.parameters()).device  # the batch stays on the CPU for the evaluator
+    return simulate_client(client.model, x.to(device), y.to(device), update_config(cfg), client.data.mean,
+                           client.data.std, defenses=defenses, defense_generator=torch.Generator().manual_seed(seed),
                            data_size=len(client.data))
 
 
@@ -157,7 +158,7 @@ def _mean_update(updates: list[ClientUpdate]) -> ClientUpdate:
 def threat_model(cfg: AttackConfig) -> ThreatModel:
     t = cfg.threat
     return ThreatModel(knows_labels=t.knows_labels, knows_bn_stats=t.knows_bn_stats,
-                       knows_local_schedule=t.knows_local_schedule)
+                       knows_local_schedule=t.knows_local_schedule, knows_defense=t.knows_defense)
 
 
 def observe(cfg: AttackConfig, model: nn.Module, data: ImageDataset, update: ClientUpdate, batch_size: int,

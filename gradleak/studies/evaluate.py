@@ -34,15 +34,35 @@ def evaluate_outcome(outcome, x: torch.Tensor, y: torch.Tensor, num_classes: int
         "assignment": ev.assignment,
         "per_image_ssim": ev.per_image_ssim,
         "per_image_psnr": ev.per_image_psnr,
+        **uninformative_image_baseline(x),
         **_timing(outcome),
     }
+
+
+# Draws of the uninformative reconstruction whose scores are averaged: the baseline is an expectation.
+BASELINE_DRAWS = 8
+
+
+def uninformative_image_baseline(x: torch.Tensor, draws: int = BASELINE_DRAWS, seed: int = 0) -> dict[str, float]:
+    """SSIM and PSNR that a reconstruction which learned nothing from the update scores: the
+    inversion's own random starting images (``randn`` init) matched to ``x`` like a reconstruction,
+    averaged over ``draws`` seeded draws. A leakage measure indistinguishable from it means the
+    attack recovered nothing beyond its starting point (the "where attacks stop" report)."""
+    from ..attacks.inversion.invert import _init_images
+
+    gen = torch.Generator().manual_seed(seed)
+    scores = [evaluate_images(_init_images(tuple(x.shape), "randn", gen), x.detach().cpu().float())
+              for _ in range(draws)]
+    return {"ssim_random_baseline": sum(e.ssim for e in scores) / draws,
+            "psnr_random_baseline": sum(e.psnr for e in scores) / draws}
 
 
 def no_truth_summary(outcome) -> dict[str, Any]:
     """The summary of an attack on a recorded update without ground truth: nothing is scored."""
     return {"true_labels": None, "recovered_labels": outcome.labels.tolist(), "label_method": outcome.label_method,
             "label_accuracy": None, "label_random_baseline": None, "ssim": None, "psnr": None, "assignment": None,
-            "per_image_ssim": None, "per_image_psnr": None, **_timing(outcome)}
+            "per_image_ssim": None, "per_image_psnr": None, "ssim_random_baseline": None,
+            "psnr_random_baseline": None, **_timing(outcome)}
 
 
 def evaluate_guidance(outcome, true_labels: torch.Tensor, num_classes: int) -> dict[str, Any]:

@@ -81,8 +81,15 @@ class AttackerSide:
 
     @property
     def classifier(self):
-        """The auxiliary classifier, built once (labeller and guide share it)."""
-        return self._carded_classifier.model
+        """The auxiliary classifier, built once (labeller and guide share it), on the run's device."""
+        return self._carded_classifier.model.to(self.device)  # trained / cached on the CPU
+
+    @cached_property
+    def device(self):
+        """Where the attacker's models run (``--device``, resolved once)."""
+        from ..runtime import resolve_device
+
+        return resolve_device(self.cfg.run.device)
 
     @property
     def classifier_card(self):
@@ -93,7 +100,7 @@ class AttackerSide:
     def clip(self):
         from ..vision import load_clip
 
-        return load_clip(self.cfg.semantic.clip_model)
+        return load_clip(self.cfg.semantic.clip_model, device=self.device)
 
     @cached_property
     def class_names(self) -> list[str]:

@@ -10,7 +10,8 @@ A recorded update is a safetensors file (tensors only: nothing is unpickled when
   (an evaluator's file, never an attacker's);
 - metadata ``gradleak``: JSON with the format version, the update's kind and schedule, the model
   fingerprint (architecture and a digest of θ) and the facts the threat model works with
-  (input shape, number of classes, batch size, normalisation, class names).
+  (input shape, number of classes, batch size, normalisation, class names), and the client's
+  defence record when it applied any (names and parameters; what ``knows_defense`` grants).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def save_update(path: str | Path, update: ClientUpdate, model: nn.Module, facts:
         "format": FORMAT, "version": VERSION, "kind": update.kind, "names": list(update.names),
         "local_steps": update.local_steps, "lr": update.lr, "local_batch_size": update.local_batch_size,
         "architecture": type(model).__name__, "fingerprint": weights_fingerprint(model), "facts": facts or {},
+        "defenses": update.defenses,  # the client's defence record (names, parameters), for knows_defense
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"gradleak": json.dumps(meta)})
@@ -124,6 +126,8 @@ def load_update(path: str | Path) -> RecordedUpdate:
         bn.append((tensors[f"bn.{len(bn)}.mean"], tensors[f"bn.{len(bn)}.var"]))
     update = ClientUpdate(kind, names, [tensors[f"update.{i}"] for i in range(n)], int(meta.get("local_steps") or 1),
                           lr, meta.get("local_batch_size"), bn or None)
+    record = meta.get("defenses")
+    update.defenses = ([dict(d) for d in record if isinstance(d, dict)] or None) if isinstance(record, list) else None
     weights = {k[len("weights."):]: v for k, v in tensors.items() if k.startswith("weights.")} or None
     truth = (tensors["truth.images"], tensors["truth.labels"]) if "truth.images" in tensors else None
     return RecordedUpdate(update, str(meta.get("fingerprint", "")), str(meta.get("architecture", "?")),

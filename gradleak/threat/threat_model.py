@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -24,6 +24,9 @@ class ThreatModel:
     knows_bn_stats: bool = False  # the BN statistics of the client's batch (clients returning BN buffers)
     knows_class_names: bool = True
     knows_local_schedule: bool = True  # FedAvg: the client's lr and number of local steps
+    # The client's defences and their parameters (ClientUpdate.defenses): names, C, σ, keep, bits,
+    # ε — never the noise draws or the pruning mask (a pruned update shows its zeros anyway).
+    knows_defense: bool = False
 
     def observe(
         self,
@@ -39,10 +42,13 @@ class ThreatModel:
     ) -> "Observation":
         """Hand the attacker what this threat model grants; everything else is withheld."""
         update.validate(model)
+        # A recorded update arrives on the CPU: the attack runs where the model is.
+        update = update.to(next((p.device for p in model.parameters()), torch.device("cpu")))
         # The server sent θ and the BN buffers itself, and the client's train/eval mode is part of
         # the shared training code: the attacker's copy computes exactly the client's function.
         attacker_model = copy.deepcopy(model)
         batch_stats = update.bn_stats if self.knows_bn_stats else None
+        update_defenses = update.defenses
         if not self.knows_local_schedule and update.kind == "fedavg":
             update = ClientUpdate(update.kind, list(update.names), list(update.tensors), 1, None, None)
         else:
@@ -59,6 +65,7 @@ class ThreatModel:
             labels=labels.clone() if (self.knows_labels and labels is not None) else None,
             class_names=list(class_names) if (self.knows_class_names and class_names is not None) else None,
             bn_stats=batch_stats,
+            defenses=copy.deepcopy(update_defenses) if self.knows_defense and update_defenses else None,
         )
 
 
@@ -81,6 +88,21 @@ class Observation:
     labels: torch.Tensor | None = None
     class_names: list[str] | None = None
     bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    defenses: list[dict] | None = None  # the client's defence record, only when granted (knows_defense)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the observed model lives (and the attack on it runs)."""
+        return next((p.device for p in self.model.parameters()), torch.device("cpu"))
+
+    def to(self, device: str | torch.device) -> "Observation":
+        """This observation with its model and tensors on ``device`` (itself when already there)."""
+        device = torch.device(device)
+        if self.device == device:
+            return self
+        bn = None if self.bn_stats is None else [(m.to(device), v.to(device)) for m, v in self.bn_stats]
+        return replace(self, model=copy.deepcopy(self.model).to(device), update=self.update.to(device),
+                       labels=None if self.labels is None else self.labels.to(device), bn_stats=bn)
 
     def gradient(self) -> list[torch.Tensor]:
         """The observed update read as a gradient (see :meth:`ClientUpdate.as_gradient`)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Sequence
 
 import torch
@@ -34,7 +34,8 @@ class ClientUpdate:
     # that returns its updated BN buffers reveals. Only a threat model granting it passes it on.
     bn_stats: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     # What the client applied, in order (``Defense.record``: name, parameters, ε for DP-SGD);
-    # None: an undefended or recorded update. The attacker is not told (it is not defence-aware).
+    # None: an undefended or recorded update. The threat model passes it on only with
+    # ``knows_defense`` (``Observation.defenses``); otherwise the attacker is not told.
     defenses: list[dict] | None = None
 
     def as_gradient(self, lr: float | None = None, local_steps: int | None = None) -> list[torch.Tensor]:
@@ -50,6 +51,15 @@ class ClientUpdate:
         steps = local_steps if local_steps is not None else self.local_steps
         scale = 1.0 / (eta * steps) if eta else 1.0
         return [-t * scale for t in self.tensors]
+
+    def to(self, device: str | torch.device) -> "ClientUpdate":
+        """A copy with the tensors and BN statistics on ``device`` (itself when all are there)."""
+        device = torch.device(device)
+        stats = [t for pair in self.bn_stats or () for t in pair]
+        if all(t.device == device for t in [*self.tensors, *stats]):
+            return self
+        bn = None if self.bn_stats is None else [(m.to(device), v.to(device)) for m, v in self.bn_stats]
+        return replace(self, tensors=[t.to(device) for t in self.tensors], bn_stats=bn)
 
     def validate(self, model: nn.Module) -> None:
         """Raise UpdateError unless the update has one finite tensor per parameter of ``model``."""

@@ -294,3 +294,36 @@ def load_clip(
             transformers.utils.logging.enable_progress_bar()
     mean, std = _read_normalisation(name, offline, cache_dir)
     return ClipBackend(model, tokenizer, name=name, mean=mean, std=std, device=device)
+
+
+def save_random_clip(folder: str | Path, seed: int = 0, text: dict | None = None, vision: dict | None = None,
+                     **config: Any) -> Path:
+    """Write a randomly initialised CLIP and a tokenizer to ``folder`` in ``save_pretrained`` layout
+    (loadable offline by :func:`load_clip`): ViT-B/32 sizes (transformers' ``CLIPConfig()``
+    defaults, those of openai/clip-vit-base-patch32) unless ``text``/``vision``/``config`` override
+    them. Benchmarks and tests time the real model's shape without its weights.
+
+    The tokenizer is byte-level without merges (one token per byte symbol): every ASCII prompt
+    tokenises, and the text config's EOS id is set to the tokenizer's, where CLIP reads the text
+    embedding (the real BPE vocabulary would need a download).
+    """
+    import transformers
+    from tokenizers import pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    vocab.update({ch + "</w>": len(alphabet) + i for i, ch in enumerate(alphabet)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    tokenizer = transformers.CLIPTokenizer(vocab=vocab, merges=[])
+    ids = dict(eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    cfg = transformers.CLIPConfig(text_config={**ids, **(text or {})}, vision_config=dict(vision or {}), **config)
+    if cfg.text_config.vocab_size < len(vocab):
+        raise ConfigError(f"text vocab_size {cfg.text_config.vocab_size} is smaller than the tokenizer's {len(vocab)}")
+    folder = Path(folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformers.CLIPModel(cfg).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -100,7 +100,7 @@ class BatchedMatcher:
                  guidance: Guidance | None = None, guidance_targets: Tensor | None = None):
         self.obs = observation
         self.config = config
-        self.labels = labels
+        self.labels = labels.to(observation.device)
         self.model = decompose_batch_norm(copy.deepcopy(observation.model))
         self.model.requires_grad_(False)
         self.names = [n for n, _ in self.model.named_parameters()]
@@ -180,6 +180,8 @@ def _check_problem(observation, labels, config, guidance, guidance_targets):
     """Validated ``(labels, guidance_targets)``; the targets default to the labels when guided."""
     labels = _check_labels(labels, observation.num_classes)
     config.check()
+    if config.fedavg_matching != "gradient" and observation.update.kind == "fedavg":  # unrolled: invert() only
+        raise ConfigError("guided/batched inversion matches gradients only: use fedavg_matching gradient with guidance")
     if guidance is not None and guidance_targets is None:
         guidance_targets = labels
     if guidance_targets is not None:
@@ -233,7 +235,7 @@ class BatchedRun:
                               "L-BFGS line searches cannot be batched across candidates")
         self.obs, self.config, self.labels = observation, config, labels
         k, self.r = labels.shape[0], config.restarts
-        x0 = _initial_images(labels, observation, config, inits)
+        x0 = _initial_images(labels, observation, config, inits).to(observation.device)  # CPU draws, moved
         # Problem p = candidate p // R, restart p % R.
         flat_labels = labels.repeat_interleave(self.r, dim=0)
         flat_targets = guidance_targets.repeat_interleave(self.r, dim=0) if guidance_targets is not None else None

@@ -18,8 +18,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ...errors import ConfigError
+from ...runtime import resolve_precision
 from ...threat import Observation
 from .objectives import OBJECTIVES
+from .defense_aware import aware_objective, clipped_mean_gradient, example_clip
 from .attacker_layers import low_precision_copies, prepare_attacker_model
 from .regularizers import REGULARIZERS
 
@@ -42,6 +44,8 @@ class InversionConfig:
     init: str = "randn"  # "randn" | "uniform" | "gray"
     precision: str = "fp32"  # autocast dtype for the forward/double-backward: fp32 | bf16 | fp16
     seed: int = 0
+    # FedAvg: "gradient" reads Δ as −Δ/(Kη); "unrolled"/"unrolled-checkpoint" simulate the K local steps (.fedavg)
+    fedavg_matching: str = "gradient"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,15 +91,17 @@ def pixel_lr(observation: Observation, config: InversionConfig) -> float:
 
 def matching_terms(observation: Observation, config: InversionConfig, model: nn.Module):
     """The objective, the weighted regularisers and the autocast dtype one attack configuration asks for."""
-    objective = OBJECTIVES.get(config.objective)(observation.gradient())
+    # knows_defense: the objective models the client's defences (.defense_aware); else the plain one.
+    objective = aware_objective(observation, config.objective) or OBJECTIVES.get(config.objective)(observation.gradient())
     regularizers = [
         (REGULARIZERS.get(name)(observation, model), float(weight))
         for name, weight in config.regularizers.items()
         if weight
     ]
-    if config.precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {config.precision!r}; choose {', '.join(PRECISIONS)}")
-    return objective, regularizers, PRECISIONS[config.precision]
+    precision = resolve_precision(config.precision, observation.device)  # auto: bf16 where native
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {config.precision!r}; choose auto, {', '.join(PRECISIONS)}")
+    return objective, regularizers, PRECISIONS[precision]
 
 
 def _step_milestones(iterations: int) -> list[int]:
@@ -143,10 +149,11 @@ class GradientMatcher:
         self.params = [p for p in self.model.parameters()]
         for p in self.params:
             p.requires_grad_(True)
-        self.labels = labels
+        self.labels = labels.to(observation.device)
         self.objective, self.regularizers, self.dtype = matching_terms(observation, config, self.model)
         copies = low_precision_copies(self.model, self.dtype) if self.dtype is not None else {}
         self._low_params = [copies.get(id(p), p) for p in self.params]
+        self.example_clip = example_clip(observation)  # dp-sgd's C when known, else None
 
     def _autocast(self):
         if self.dtype is None:
@@ -159,7 +166,13 @@ class GradientMatcher:
             logits = self.model(self.obs.normalize(x))
             loss = nn.functional.cross_entropy(logits.float(), self.labels)
         params = self.params if self.dtype is None else self._low_params
-        grads = torch.autograd.grad(loss, params, create_graph=create_graph)
+        if self.example_clip is None:
+            grads = torch.autograd.grad(loss, params, create_graph=create_graph)
+        else:  # dp-sgd known: the dummy's per-example gradients clipped and averaged as the client's were
+            def example_loss(xi, yi):
+                with self._autocast():
+                    return nn.functional.cross_entropy(self.model(self.obs.normalize(xi)).float(), yi)
+            grads = clipped_mean_gradient(example_loss, params, x, self.labels, self.example_clip, create_graph)
         matching = self.objective(grads)
         total = matching
         for reg, weight in self.regularizers:
@@ -184,7 +197,10 @@ def invert(
     config.check()
     shape = (b, *observation.input_shape)
     gen = torch.Generator().manual_seed(config.seed)
-    matcher = GradientMatcher(observation, config, labels.long())
+    matcher_class = GradientMatcher
+    if config.fedavg_matching != "gradient" and observation.update.kind == "fedavg":
+        from .fedavg import UnrolledMatcher as matcher_class  # fedavg.py imports this module
+    matcher = matcher_class(observation, config, labels.long())
     start = time.perf_counter()
     results = []
     total_steps = config.iterations * config.restarts
@@ -211,7 +227,7 @@ def invert(
 
 
 def _optimise(matcher: GradientMatcher, x0: torch.Tensor, config: InversionConfig, bar, restart: int):
-    x = x0.clone().requires_grad_(True)
+    x = x0.to(matcher.obs.device).clone().requires_grad_(True)  # drawn on the CPU: reproducible anywhere
     history: list[tuple[int, float]] = []
     log_every = max(1, config.iterations // 50)
     if config.optimizer == "adam":

@@ -80,13 +80,13 @@ class _FlatCosine(torch.autograd.Function):
         a = float(-grad_out / denom)
         b = float(grad_out * dot / (denom * g_norm.square()).clamp_min(1e-30))
         if a == 0.0:
-            return (None, None, *(torch.zeros(shape, dtype=dtype) for shape, dtype in ctx.pieces))
+            return (None, None, *(torch.zeros(shape, dtype=dtype, device=g.device) for shape, dtype in ctx.pieces))
         # a·(t + (b/a)·g): |b/a|·|g| = |cos|·|t|, so no term swamps the other. Written over g, which
         # this backward is the last to read; the factor a rides on the pass that splits the pieces.
         d = torch.add(target, g, alpha=b / a, out=g)
         out, start = [], 0
         for shape, dtype in ctx.pieces:
             n = shape.numel()
-            out.append(torch.mul(d[start:start + n].view(shape), a, out=torch.empty(shape, dtype=dtype)))
+            out.append(torch.mul(d[start:start + n].view(shape), a, out=torch.empty(shape, dtype=dtype, device=d.device)))
             start += n
         return (None, None, *out)

@@ -111,7 +111,7 @@ def check_rungs(rungs: Sequence[Rung], num_candidates: int, iterations: int) -> 
 def _ranking_scores(matching: Tensor, prior: Tensor, with_prior: bool) -> tuple[list[float], list[float]]:
     """Per alive candidate: (matching loss of its best restart, score ranked)."""
     best = torch.argmin(matching, dim=1)  # first minimum, as the final choice of restart
-    rows = torch.arange(matching.shape[0])
+    rows = torch.arange(matching.shape[0], device=matching.device)
     m = matching[rows, best]
     score = m + prior[rows, best] if with_prior else m
     score = torch.where(torch.isfinite(score), score, torch.full_like(score, float("inf")))

@@ -147,7 +147,7 @@ def class_evidence(obs: Observation) -> Tensor:
 
     layer = read_last_layer(obs)
     scores = layer.grad_bias if layer.grad_bias is not None else layer.class_sums
-    return -scores.float()
+    return -scores.float().cpu()  # candidates are planned on the CPU, whatever device the attack runs on
 
 
 def _multisets(classes: Sequence[int], size: int) -> list[tuple[int, ...]]:

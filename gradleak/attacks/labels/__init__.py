@@ -33,7 +33,12 @@ DEFAULT_METHOD = "ilrg-dummy"
 
 
 def recover_labels(observation: Observation, method: str = DEFAULT_METHOD, aux: Optional[AuxData] = None) -> LabelEstimate:
-    """Recover the label multiset of the observed batch with the named strategy."""
+    """Recover the label multiset of the observed batch with the named strategy (on the update with a
+    known clip undone, when the threat model grants the defence record: :mod:`.unclip`)."""
+    if observation.defenses:
+        from .unclip import undo_clip
+
+        observation = undo_clip(observation, aux)
     return LABEL_STRATEGIES.get(method)(observation, aux)
 
 

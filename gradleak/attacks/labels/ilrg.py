@@ -58,8 +58,11 @@ def solve_counts_bounded(mean_probs: torch.Tensor, grad_bias: torch.Tensor, batc
     from scipy.optimize import lsq_linear
 
     system, target = _count_system(mean_probs, grad_bias, batch_size)
-    upper = torch.full_like(lower, float(batch_size))
-    result = lsq_linear(system.numpy(), target.numpy(), bounds=(lower.numpy(), upper.numpy() + 1e-9), method="bvls")
+    # float64 and a lower bound clamped into [0, B): in float32, B + 1e-9 == B, and a noisy update
+    # can push the lower bound to B or past it, which lsq_linear refuses.
+    lower64 = torch.nan_to_num(lower.double(), nan=0.0).clamp(0.0, float(batch_size) - 1e-6)
+    upper = torch.full_like(lower64, float(batch_size))
+    result = lsq_linear(system.double().numpy(), target.double().numpy(), bounds=(lower64.numpy(), upper.numpy()), method="bvls")
     return torch.from_numpy(result.x).to(mean_probs.dtype)
 
 

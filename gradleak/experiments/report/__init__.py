@@ -32,6 +32,8 @@ from .claims import (
     claim_ssim_drops,
     evaluate_claims,
 )
+from .defense_plots import defence_plots
+from .defenses import DefenceStop, stop_table, stops_html, where_attacks_stop
 from .html import render_html, summary_table
 from .plots import PLOTS, Plot, save_plots
 from .runs import Run, by_batch, group_series, load_runs, series_label, varying_fields
@@ -50,6 +52,7 @@ class Report:
     runs: int
     failed: int
     missing: dict[str, str] = field(default_factory=dict)
+    stops: list[DefenceStop] = field(default_factory=list)  # "where attacks stop", when runs had defences
 
 
 def build_report(out: str | Path) -> Report:
@@ -63,6 +66,9 @@ def build_report(out: str | Path) -> Report:
     plots = [make(runs) for make in PLOTS]
     written = save_plots(out, plots)
     claims = evaluate_claims(runs)
+    stops = where_attacks_stop(out, runs)
+    stop_plots = defence_plots(stops)
+    written.update(save_plots(out, stop_plots))
     overview = [
         ("experiment", ", ".join(names) or "—"),
         ("runs", f"{len(runs)} done, {len(failed)} failed"),
@@ -72,9 +78,10 @@ def build_report(out: str | Path) -> Report:
         ("store", str(store.path)),
     ]
     title = f"gradleak report: {', '.join(names) or out.name}"
-    page = render_html(title, overview, claims, plots, summary_table(runs), failed)
+    page = render_html(title, overview, claims, plots, summary_table(runs), failed, extra=stops_html(stops, stop_plots))
     path = atomic_write(out / REPORT_FILE, page)
-    return Report(path, written, claims, len(runs), len(failed), {p.name: p.missing for p in plots if p.missing})
+    return Report(path, written, claims, len(runs), len(failed),
+                  {p.name: p.missing for p in [*plots, *stop_plots] if p.missing}, stops)
 
 
 __all__ = [
@@ -83,5 +90,5 @@ __all__ = [
     "claim_b4_labels_beat_random", "claim_b4_naming_twice_random", "claim_label_accuracy_drops",
     "claim_more_batches_help", "claim_oracle_guidance_helps", "claim_search_beats_random", "claim_ssim_drops",
     "decide", "evaluate_claims", "group_series", "load_runs", "render_html", "series_label", "stat",
-    "summary_table", "varying_fields",
+    "stop_table", "summary_table", "varying_fields", "where_attacks_stop",
 ]

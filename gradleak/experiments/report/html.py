@@ -99,14 +99,15 @@ def _plot_html(p: Plot) -> str:
 
 
 def render_html(title: str, overview: list[tuple[str, str]], claims: Sequence[Claim], plots: Sequence[Plot],
-                table: Table, failed: Sequence[RunRecord]) -> str:
-    """The page: overview, claims with verdicts, plots, the results table and any failed runs."""
+                table: Table, failed: Sequence[RunRecord], extra: str = "") -> str:
+    """The page: overview, claims with verdicts, plots, ``extra`` sections (HTML, e.g. "where attacks
+    stop"), the results table and any failed runs."""
     esc = html.escape
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{esc(title)}</title>",
              f"<style>{_STYLE}</style><script>{_SCRIPT}</script></head><body>", f"<h1>{esc(title)}</h1>",
              _table_html(["", ""], overview),
              "<h2 id='claims'>Seed claims</h2><p>Claims of Malcewicz et al. (2025), checked on these runs.</p>",
-             _claims_html(claims), "<h2>Plots</h2>", *map(_plot_html, plots),
+             _claims_html(claims), "<h2>Plots</h2>", *map(_plot_html, plots), extra,
              "<h2>Results (mean ± standard deviation over seeds)</h2>", _table_html(*table)]
     if failed:
         parts.append("<h2>Failed runs</h2>")

@@ -1,7 +1,8 @@
 """An ordinary PyTorch client: local SGD on its private batch, weights back to the server.
 
 Nothing here knows about gradleak's attack. The one demo-only line writes the private batch
-to ``truth-dir`` so that the evaluator can score what the server recovered.
+to ``truth-dir`` so that the evaluator can score what the server recovered. Flower's own privacy
+mods (``flower-dp``, ``flower-secagg`` in the run config) wrap the train function (``privacy_mod``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from gradleak.integrations.capture import write_ground_truth
+from gradleak.integrations.flower_privacy import privacy_mod
+from gradleak.integrations.weights import load_weights
 
 from .task import client_batch, normalize, option, task_spec
 
@@ -26,11 +29,12 @@ def _received_model(msg: Message, context: Context):
     rc = context.run_config
     spec = task_spec(rc)
     model = spec.build_model()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    # By name; by position when the arrays are unnamed (Flower's legacy Parameters, under SecAgg+).
+    load_weights(model, {k: v.numpy() for k, v in msg.content["arrays"].items()}, with_buffers=True)
     return rc, spec, model
 
 
-@app.train()
+@app.train(mods=[privacy_mod])
 def train(msg: Message, context: Context) -> Message:
     rc, spec, model = _received_model(msg, context)
     config = msg.content["config"]
