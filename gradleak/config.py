@@ -153,6 +153,11 @@ class SemanticConfig:
     guidance_weight: float = option(0.1, "Weight of the guidance term.", ge=0)
     guide_views: int = option(1, "Random differentiable views (shifts, flips, noise) of each reconstruction the "
                                  "guide scores per step; 1: the reconstruction itself.", ge=1)
+    guide_every: int = option(1, "Run the guide on every k-th step only, at k times the weight (lazy regularisation; "
+                                 "k = 1: every step). Cuts the guide's cost per step about k-fold.", ge=1)
+    clip_input_size: int | None = option(None, "Side in pixels of the images the clip guide gives CLIP (default: the "
+                                               "model's own, 224 for ViT-B/32); a smaller multiple of the patch size "
+                                               "interpolates the position embeddings and costs less per step.", ge=1)
     search_space: str = option("labels", "search: candidates change the matched labels too, or the guidance only.",
                                choices="search_space")
     search_schedule: str = option("exhaustive", "Label search: every candidate runs the full schedule (exhaustive), "

@@ -51,36 +51,14 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory):
     """A random CLIP (hidden 32, 2 layers) with a byte-level tokenizer, saved like a Hub folder."""
-    transformers = pytest.importorskip("transformers")
-    from tokenizers import pre_tokenizers
+    pytest.importorskip("transformers")
+    from gradleak.vision.clip import save_random_clip
 
-    # One token per byte symbol (with and without the end-of-word suffix), no merges: every
-    # ASCII prompt tokenises, and different words give different token sequences.
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
-    vocab.update({ch + "</w>": len(alphabet) + i for i, ch in enumerate(alphabet)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    tokenizer = transformers.CLIPTokenizer(vocab=vocab, merges=[])
     small = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
-    config = transformers.CLIPConfig(
-        # eos_token_id must match the tokenizer: the text embedding is read at the EOS position.
-        text_config=dict(
-            small,
-            vocab_size=len(vocab),
-            max_position_embeddings=40,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        ),
-        vision_config=dict(small, image_size=32, patch_size=8),
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    transformers.CLIPModel(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    # 514 = the byte-level tokenizer's vocabulary (256 symbols, with and without </w>, and BOS/EOS).
+    return save_random_clip(tmp_path_factory.mktemp("tiny_clip"), seed=0,
+                            text=dict(small, vocab_size=514, max_position_embeddings=40),
+                            vision=dict(small, image_size=32, patch_size=8), projection_dim=16)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,11 @@ from .options import build_config, config_file_option, config_options, overwrite
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Federated rounds.")
 @click.option("--clients", type=click.IntRange(min=1), default=2, show_default=True,
               help="SuperNodes (one client each).")
+@click.option("--local-epochs", type=click.IntRange(min=1), default=None,
+              help="Clients train this many local epochs over their batch in mini-batches of --local-batch-size "
+                   "(K = epochs · ⌈B/b⌉ steps, sent in the train config; replaces --local-steps).")
+@click.option("--attack-from-round", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Attack the rounds from this one on; earlier rounds only train the global model.")
 @config_options(include=[n for n in APP_OPTIONS if n != "iterations"])
 @click.option("--iterations", type=click.IntRange(min=1), default=None,
               help=f"Inversion steps per attack.  [default: {DEMO_DEFAULTS['iterations']}, the demo's]")

@@ -54,13 +54,19 @@ class CapturedUpdate:
         value = self.metrics.get(key)
         return int(value) if value is not None else None
 
+    def examples_per_client(self) -> int | None:
+        """B of one client: ``num-examples``, or under secure aggregation its share of the members' sum
+        (what a schedule given in local epochs counts its mini-batches over)."""
+        n = self.num_examples()
+        return n // len(self.members) if n is not None and self.members else n
+
     def model_and_update(self, task: TaskSpec, schedule: LocalSchedule = LocalSchedule()
                          ) -> tuple[nn.Module, ClientUpdate]:
         """The global model with θ and the BN buffers the server sent (it knows both: it sent them),
         and the client's FedAvg update Δ = θ' − θ with the local schedule read from the server's own
         training config. Whether the attacker may use that schedule is the threat model's call."""
         model = load_weights(task.build_model(), self.global_weights, with_buffers=True)
-        lr, steps, mb = schedule.read(self.train_config)
+        lr, steps, mb = schedule.read(self.train_config, self.examples_per_client())
         return model, update_from_weights(model, self.global_weights, self.client_weights, lr, steps, mb)
 
 

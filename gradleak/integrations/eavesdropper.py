@@ -10,7 +10,8 @@ each result becomes a :class:`LeakRecord`, handed to the result sinks (:class:`J
 Threat model (ALGORITHMS.md, "Threat model"): the honest-but-curious server knows the
 architecture, the weights it sent and every reply; it sees the client's update as the weight
 delta Δ = θ' − θ (:func:`~gradleak.integrations.weights.update_from_weights`). The client's local
-lr/steps are read from the training config the server itself sent and are used only when
+schedule (lr, local steps or epochs, mini-batch) is read from the training config the server itself
+sent (:class:`~gradleak.integrations.weights.LocalSchedule`) and is used only when
 :class:`~gradleak.threat.ThreatModel` grants the local schedule; the batch size comes from the
 ``num-examples`` metric every FedAvg reply carries. Labels are never granted: they are recovered
 from the update. The ground truth scores an attack after it has finished; the attack function
@@ -97,6 +98,7 @@ class LeakRecord:
     num_examples: int | None = None
     lr: float | None = None
     local_steps: int | None = None
+    local_batch_size: int | None = None  # None: every local step on the whole batch
     summary: dict[str, Any] = field(default_factory=dict)
     observed: str | None = None  # what the server held: "individual reply …" or "aggregate of N clients"
 
@@ -145,7 +147,10 @@ class StoreSink:
 
         flat = {**config.get("attack", {}), "flower": config.get("flower", {}), "task": config.get("task", {})}
         flat["batch_size"] = record.num_examples
-        flat["update"] = "fedsgd" if record.local_steps == 1 else "fedavg"
+        whole = not record.local_batch_size or record.local_batch_size >= (record.num_examples or 0)
+        flat["update"] = "fedsgd" if record.local_steps == 1 and whole else "fedavg"
+        if record.local_steps is not None:  # the schedule observed in the server's train config
+            flat["local_steps"], flat["local_batch_size"] = record.local_steps, record.local_batch_size
         run_id = f"flower/{self.run_tag}/round{record.server_round:03d}/node{record.node_id}"
         summary = dict(record.summary) if record.status == "done" else None
         if summary is not None:
@@ -187,6 +192,9 @@ class EavesdropConfig:
     attack_threads: int | None = 1  # torch threads in the attack process (tiny models: 1 is fastest)
     out_dir: Path | None = None  # grids, captures, leaks.jsonl
     save_captures: bool = False  # write every capture to out_dir/captures as a recorded-update file
+    # Captures of rounds before this one are neither attacked nor recorded: the global model trains
+    # first (the setting users report: a model trained for some rounds, then attacked).
+    first_round: int = 1
 
 
 # Imported by attack workers before they take jobs, so imports never count against a timeout.
@@ -231,7 +239,10 @@ class Eavesdropper:
                                      preload=(attack_fn.__module__, *_ATTACK_MODULES))
 
     def capture(self, capture: CapturedUpdate) -> bool:
-        """Queue an attack on ``capture``; never blocks and never raises."""
+        """Queue an attack on ``capture``; never blocks and never raises. Rounds before
+        ``config.first_round`` are let through unattacked (False)."""
+        if capture.server_round < self.config.first_round:
+            return False
         try:
             with self._lock:
                 self._captures[capture.key] = capture
@@ -258,8 +269,9 @@ class Eavesdropper:
         record = LeakRecord(server_round, node_id, job.status, job.error, attack_seconds=job.seconds or None)
         truth, truth_error = None, None
         if capture is not None:
-            lr, steps, _ = self.config.schedule.read(capture.train_config)
+            lr, steps, mb = self.config.schedule.read(capture.train_config, capture.examples_per_client())
             record.num_examples, record.lr, record.local_steps = capture.num_examples(), lr, steps
+            record.local_batch_size = mb
             record.observed = capture.observed
             # The evaluator's side channel, read only now that the attack is over.
             if self.ground_truth is not None and (job.status == "done" or self._saves_captures):
@@ -279,7 +291,8 @@ class Eavesdropper:
                 record.status, record.error = "failed", f"scoring failed: {type(exc).__name__}: {exc}"
         config = {"attack": self.config.attack.to_dict(), "task": asdict(self.task),
                   "flower": {"server_round": server_round, "node_id": node_id, "lr": record.lr,
-                             "local_steps": record.local_steps, "num_examples": record.num_examples,
+                             "local_steps": record.local_steps, "local_batch_size": record.local_batch_size,
+                             "num_examples": record.num_examples,
                              "observed": record.observed}}
         with self._lock:
             self.records.append(record)

@@ -29,6 +29,7 @@ from ..config import AttackConfig, default
 from ..errors import ConfigError, GradleakError
 from .eavesdropper import LeakRecord, read_leaks
 from .privacy import FlowerPrivacy
+from .weights import local_steps_of_epochs
 
 if TYPE_CHECKING:  # it imports flwr: imported when the demo runs, not when the CLI loads
     from .flower_local import LocalFederation
@@ -41,8 +42,9 @@ EXAMPLE_APP = Path(__file__).resolve().parent / "flower_app"
 
 # The gradleak options the example app reads from its run config, under their names with dashes
 # (flower_app/pyproject.toml declares each; Flower refuses run-config keys it does not declare).
-APP_OPTIONS = ("dataset", "data_dir", "model", "width", "init", "batch_size", "local_lr", "local_steps", "seed",
-               "attack", "iterations", "restarts", "tv", "step_size", "labels", "knows_local_schedule")
+APP_OPTIONS = ("dataset", "data_dir", "model", "width", "init", "batch_size", "local_lr", "local_steps",
+               "local_batch_size", "seed", "attack", "iterations", "restarts", "tv", "step_size", "labels",
+               "knows_local_schedule", "fedavg_matching")
 # The demo's defaults, beneath a config file and flags: a short attack, and the app's clients train in train mode.
 DEMO_DEFAULTS = {"iterations": 300, "client_mode": "train"}
 # Options the demo may leave at any value: a Flower client always sends weights (local-steps 1 is FedSGD).
@@ -61,6 +63,10 @@ class FlowerDemoConfig:
     attack: AttackConfig = field(default_factory=demo_attack_config)
     rounds: int = 3
     clients: int = 2
+    # The clients train this many local epochs over their batch (K = epochs · ⌈B/b⌉ steps; the train
+    # config says local-epochs, the eavesdropper reads K from it); None: local_steps steps.
+    local_epochs: int | None = None
+    attack_from_round: int = 1  # earlier rounds only train the global model
     out: Path = Path("runs/flower-demo")
     overwrite: bool = False  # replace an earlier demo's output folder instead of refusing
     timeout_s: float = 300.0
@@ -76,11 +82,29 @@ class FlowerDemoConfig:
     def privacy(self) -> FlowerPrivacy:
         return FlowerPrivacy.parse(self.flower_dp, self.flower_secagg)
 
+    @property
+    def local_steps(self) -> int:
+        """K, the local SGD steps each client takes."""
+        if self.local_epochs is None:
+            return self.attack.client.local_steps
+        return local_steps_of_epochs(self.local_epochs, self.attack.data.batch_size, self.attack.client.local_batch_size)
+
     def validate(self) -> None:
         from ..studies.checks import check_inputs
 
         if self.rounds < 1 or self.clients < 1:
             raise ConfigError("rounds and clients must be at least 1")
+        if not 1 <= self.attack_from_round <= self.rounds:
+            raise ConfigError(f"attack_from_round must be between 1 and rounds ({self.rounds})")
+        c = self.attack.client
+        if self.local_epochs is not None and (self.local_epochs < 1 or c.local_steps != 1):
+            raise ConfigError("local_epochs must be at least 1, and replaces local_steps (leave it at 1)")
+        b, mb = self.attack.data.batch_size, c.local_batch_size
+        if mb is not None and mb < b and b % mb:
+            # The client's epochs end on a short mini-batch; the attack's step plan (simulate_client's
+            # arithmetic) runs on across the epoch boundary instead: the two agree only when b divides B.
+            raise ConfigError(f"local_batch_size {mb} must divide batch_size {b} (or be at least it): the attack "
+                              "simulates whole epochs of equal mini-batches")
         if not self.timeout_s > 0 or (self.attack_timeout_s is not None and not self.attack_timeout_s > 0):
             raise ConfigError("timeouts must be positive")
         if self.privacy.aggregate_only and self.clients < 2:
@@ -99,7 +123,8 @@ class FlowerDemoConfig:
     def to_dict(self) -> dict[str, Any]:
         """What ran, as ``config.json`` records it."""
         return {"attack": self.attack.to_dict(), "rounds": self.rounds, "clients": self.clients, "out": str(self.out),
-                "timeout_s": self.timeout_s, "attack_timeout_s": self.attack_timeout_s, "isolation": self.isolation,
+                "local_epochs": self.local_epochs, "local_steps_per_round": self.local_steps,
+                "attack_from_round": self.attack_from_round, "timeout_s": self.timeout_s, "attack_timeout_s": self.attack_timeout_s, "isolation": self.isolation,
                 "save_captures": self.save_captures, "app": str(self.app) if self.app is not None else None,
                 "flower_dp": self.flower_dp, "flower_secagg": self.flower_secagg}
 
@@ -141,6 +166,7 @@ def demo_run_config(cfg: FlowerDemoConfig, deadline_unix: float) -> dict:
     options = {k.replace("_", "-"): "" if flat[k] is None else flat[k] for k in APP_OPTIONS}
     return {
         **options, "num-server-rounds": cfg.rounds, "min-nodes": cfg.clients,
+        "local-epochs": cfg.local_epochs or 0, "attack-from-round": cfg.attack_from_round,
         "attack-timeout": float(cfg.attack_timeout_s or cfg.timeout_s),
         "attack-isolation": cfg.isolation, "max-pending": cfg.rounds * cfg.clients,
         "drain-timeout": float(cfg.timeout_s), "drain-deadline": float(deadline_unix),
@@ -223,23 +249,30 @@ def format_report(result: FlowerDemoResult) -> str:
     """The per-round, per-client table the CLI prints, with a summary line and the wall time."""
     cfg = result.config
     a = cfg.attack
-    batch, steps = a.data.batch_size, a.client.local_steps
-    kind = "FedSGD" if steps == 1 else f"FedAvg ({steps} local steps)"
+    batch, steps, mb = a.data.batch_size, cfg.local_steps, a.client.local_batch_size
+    if steps == 1 and (mb is None or mb >= batch):
+        kind = "FedSGD"
+    else:
+        epochs = f"{cfg.local_epochs} epochs, " if cfg.local_epochs else ""
+        kind = (f"FedAvg ({epochs}{steps} local steps on mini-batches of {mb if mb and mb < batch else batch}; "
+                f"attack matches {a.inversion.fedavg_matching})")
+    attacked = cfg.rounds - cfg.attack_from_round + 1
     iterations = a.inversion.iterations or "the preset's"
     privacy = cfg.privacy
     said = {r.observed for r in result.records if r.observed}  # what the eavesdropper itself recorded
     seen = said.pop() if len(said) == 1 else privacy.observed(cfg.clients)
     if privacy.aggregate_only:  # one capture per round, of all N·B images
-        batch, unit, expected = cfg.clients * batch, "aggregates", cfg.rounds
+        batch, unit, expected = cfg.clients * batch, "aggregates", attacked
     else:
-        unit, expected = "client updates", cfg.rounds * cfg.clients
+        unit, expected = "client updates", attacked * cfg.clients
     lines = [
         f"Flower federation on 127.0.0.1: {cfg.clients} clients × {cfg.rounds} rounds, {a.data.dataset}/"
         f"{a.victim.model}, B={a.data.batch_size}, {kind} lr={a.client.local_lr}; server attack "
-        f"{a.inversion.attack} × {iterations} it",
+        f"{a.inversion.attack} × {iterations} it"
+        + (f" from round {cfg.attack_from_round} (earlier rounds only train the model)" if attacked < cfg.rounds else ""),
         f"Flower privacy: {privacy.describe()}; the server observes: {seen}",
         f"{'round':>5}  {'client':>6}  {'status':<8} {'recovered':<{2 * batch + 3}} "
-        f"{'true':<{2 * batch + 3}} {'labels':>6}  {'SSIM':>6}  grid",
+        f"{'true':<{2 * batch + 3}} {'labels':>6}  {'SSIM':>6}  {'PSNR':>6}  grid",
     ]
     order = sorted(result.records, key=lambda r: (r.server_round, result.clients.get(r.node_id, r.node_id)))
     for r in order:
@@ -247,9 +280,10 @@ def format_report(result: FlowerDemoResult) -> str:
         who = ("all" if privacy.aggregate_only else str(client) if client is not None else f"n{r.node_id}")
         acc = f"{r.label_accuracy:.2f}" if r.label_accuracy is not None else "-"
         ssim = f"{r.ssim:.3f}" if r.ssim is not None else "-"
+        psnr = f"{r.psnr:.2f}" if r.psnr is not None else "-"
         tail = r.grid or (r.error or "")
         lines.append(f"{r.server_round:>5}  {who:>6}  {r.status:<8} {_labels(r.recovered_labels):<{2 * batch + 3}} "
-                     f"{_labels(r.true_labels):<{2 * batch + 3}} {acc:>6}  {ssim:>6}  {tail}")
+                     f"{_labels(r.true_labels):<{2 * batch + 3}} {acc:>6}  {ssim:>6}  {psnr:>6}  {tail}")
     done = [r for r in result.records if r.status == "done" and r.label_accuracy is not None]
     if done:
         mean_acc = sum(r.label_accuracy for r in done) / len(done)
@@ -257,6 +291,13 @@ def format_report(result: FlowerDemoResult) -> str:
         lines.append(f"leaked: mean label accuracy {mean_acc:.2f}, mean SSIM {mean_ssim:.3f} over {len(done)} of "
                      f"{expected} {unit}" + (f" (each scored against all {batch} images of the {cfg.clients} clients)"
                                              if privacy.aggregate_only else ""))
+        base = {k: [r.summary[k] for r in done if r.summary.get(k) is not None]
+                for k in ("label_random_baseline", "ssim_random_baseline", "psnr_random_baseline", "psnr")}
+        if all(base.values()):
+            mean = {k: sum(v) / len(v) for k, v in base.items()}
+            lines.append(f"random baselines (what learning nothing scores): labels {mean['label_random_baseline']:.2f}, "
+                         f"SSIM {mean['ssim_random_baseline']:.3f}, PSNR {mean['psnr_random_baseline']:.2f} dB "
+                         f"(attack: PSNR {mean['psnr']:.2f} dB)")
     else:
         lines.append(f"no attack finished ({len(result.records)} of {expected} updates recorded)")
     lines.append(f"results store {result.store}; logs {result.logs}"

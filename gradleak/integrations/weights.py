@@ -130,20 +130,39 @@ class LocalSchedule:
     """Where the server reads the client's local schedule: the training config it sent.
 
     The keys are the ones the server's own ``train_config`` uses; absent keys fall back to the
-    defaults here (``lr=None``: unknown, the update is then read as −Δ, right up to scale).
+    defaults here (``lr=None``: unknown, the update is then read as −Δ, right up to scale). A
+    config that gives local epochs E instead of steps (with local mini-batch b over the reply's
+    ``num-examples`` B) means K = E·⌈B/b⌉ steps: the ordinary epoch loop, mini-batches in the
+    batch's order in the first epoch and reshuffled (by the client, unseen) in later ones, which is
+    :func:`~gradleak.threat.simulate_client`'s order when b divides B.
     """
 
     lr_key: str = "lr"
     steps_key: str = "local-steps"
     batch_key: str = "local-batch-size"
+    epochs_key: str = "local-epochs"
     lr: float | None = None
     local_steps: int = 1
 
-    def read(self, train_config: Mapping[str, Any]) -> tuple[float | None, int, int | None]:
+    def read(self, train_config: Mapping[str, Any], num_examples: int | None = None
+             ) -> tuple[float | None, int, int | None]:
+        """``(lr, local steps K, local mini-batch or None)``; steps win over epochs when both are given."""
         lr = train_config.get(self.lr_key, self.lr)
-        steps = train_config.get(self.steps_key, self.local_steps)
         mb = train_config.get(self.batch_key)
-        return (float(lr) if lr is not None else None), int(steps), (int(mb) if mb else None)
+        mb = int(mb) if mb else None
+        steps = train_config.get(self.steps_key)
+        epochs = train_config.get(self.epochs_key)
+        if steps is None and epochs and num_examples:
+            steps = local_steps_of_epochs(int(epochs), int(num_examples), mb)
+        return (float(lr) if lr is not None else None), int(steps if steps is not None else self.local_steps), mb
 
 
-__all__ = ["LocalSchedule", "TaskSpec", "Weights", "load_weights", "named_state", "update_from_weights"]
+def local_steps_of_epochs(epochs: int, num_examples: int, local_batch_size: int | None) -> int:
+    """K = E·⌈B/b⌉: the SGD steps of ``epochs`` passes over ``num_examples`` in mini-batches of
+    ``local_batch_size`` (None: the whole batch, one step per epoch)."""
+    mb = local_batch_size or num_examples
+    return int(epochs) * -(-int(num_examples) // int(mb))
+
+
+__all__ = ["LocalSchedule", "TaskSpec", "Weights", "load_weights", "local_steps_of_epochs", "named_state",
+           "update_from_weights"]

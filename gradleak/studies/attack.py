@@ -113,6 +113,7 @@ def attack_observation(obs: Observation, cfg: AttackConfig, side: AttackerSide, 
     guided = run_guided(obs, estimate if estimate is not None else labels, inv, mode=s.guidance, guide_name=s.guide,
                         weight=s.guidance_weight, true_labels_for_oracle=oracle_labels, class_names=obs.class_names,
                         progress=progress, search_space=s.search_space, views=s.guide_views,
+                        guide_every=s.guide_every, clip_input_size=s.clip_input_size,
                         schedule=s.search_schedule, **side.guide_models())
     _on_cpu(guided.reconstruction)
     return AttackOutcome(guided.labels, label_method, guided.reconstruction, time.perf_counter() - started, guided)

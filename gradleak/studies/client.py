@@ -15,6 +15,7 @@ from ..models import build_model
 from ..models.train import train_victim
 from ..runtime import resolve_device, set_threads
 from ..threat import ClientUpdate, Observation, ThreatModel, UpdateConfig, simulate_client
+from .victim_cache import cached_training
 
 
 @dataclass
@@ -54,8 +55,11 @@ def build_victim(cfg: AttackConfig, data: ImageDataset, seed: int, progress: boo
     set_threads(cfg.run.threads, model)
     if v.trained_steps:
         public = public or load_dataset(cfg.data.dataset, "train", cfg.data.data_dir)
-        train_victim(model, public.images, public.labels, v.trained_steps, data.mean, data.std, seed=seed,
-                     progress=progress)
+        settings = {"model": v.model, "width": v.width, "init": v.init, "input_shape": list(data.input_shape),
+                    "num_classes": data.num_classes, "seed": seed, "steps": v.trained_steps, "trainer": 1}
+        cached_training(model, settings, public.images, public.labels,
+                        lambda m: train_victim(m, public.images, public.labels, v.trained_steps, data.mean,
+                                               data.std, seed=seed, progress=progress))
     set_client_mode(model, cfg.client.client_mode)
     return model
 

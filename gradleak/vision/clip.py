@@ -9,8 +9,10 @@ back-propagates the image–text cosine into the reconstruction.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -101,11 +103,34 @@ class ClipBackend:
     def embed_dim(self) -> int:
         return int(self.model.config.projection_dim)
 
-    def preprocess(self, images: Tensor) -> Tensor:
+    @cached_property
+    def _interpolates(self) -> bool:
+        """Whether this transformers' CLIP interpolates position embeddings (other input sizes)."""
+        return "interpolate_pos_encoding" in inspect.signature(type(self.model).get_image_features).parameters
+
+    def check_input_size(self, size: int | None) -> int | None:
+        """``size`` if the image tower can take ``size``×``size`` inputs other than its own (a multiple
+        of the patch size, with transformers' ``interpolate_pos_encoding``); None for the model's own
+        size (or None); a one-line ConfigError otherwise."""
+        if size is None or size == self.image_size:
+            return None
+        patch = int(self.model.config.vision_config.patch_size)
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise ConfigError(f"clip_input_size must be an integer number of pixels; got {size!r}")
+        if size < patch or size % patch:
+            near = f"{size // patch * patch} or {(size // patch + 1) * patch}" if size > patch else f"{patch} or more"
+            raise ConfigError(f"clip_input_size must be a multiple of the CLIP patch size {patch}; got {size}: use {near}")
+        if not self._interpolates:
+            raise ConfigError(f"clip_input_size {size} needs a transformers whose CLIP takes interpolate_pos_encoding "
+                              f"(this one only takes {self.image_size} px); upgrade transformers or drop the option")
+        return size
+
+    def preprocess(self, images: Tensor, size: int | None = None) -> Tensor:
         """[0, 1] images (B, 1|3, H, W) → CLIP input: bicubic resize of the short side, centre crop, normalise.
 
         Mirrors CLIPImageProcessor (resize shortest edge, centre crop, normalise) in torch ops so that
-        it is differentiable; grayscale is repeated to three channels.
+        it is differentiable; grayscale is repeated to three channels. ``size``: the side of the
+        input (default: the model's own).
         """
         if images.dim() != 4 or images.shape[1] not in (1, 3):
             raise ConfigError(f"CLIP expects images shaped (B, 1 or 3, H, W); got {tuple(images.shape)}")
@@ -113,7 +138,7 @@ class ClipBackend:
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         h, w = x.shape[-2:]
-        s = self.image_size
+        s = self.image_size if size is None else int(size)
         scale = s / min(h, w)
         new_h, new_w = max(s, round(h * scale)), max(s, round(w * scale))
         if (new_h, new_w) != (h, w):
@@ -123,9 +148,14 @@ class ClipBackend:
         x = x[..., top : top + s, left : left + s]
         return (x - self._mean) / self._std
 
-    def encode_images(self, images: Tensor) -> Tensor:
-        """Unit-norm image embeddings (B, D); differentiable with respect to ``images``."""
-        out = self.model.get_image_features(pixel_values=self.preprocess(images))
+    def encode_images(self, images: Tensor, size: int | None = None) -> Tensor:
+        """Unit-norm image embeddings (B, D); differentiable with respect to ``images``. ``size``: the
+        input side when not the model's own (:meth:`check_input_size`; position embeddings interpolated)."""
+        size = self.check_input_size(size)
+        if size is None:
+            out = self.model.get_image_features(pixel_values=self.preprocess(images))
+        else:
+            out = self.model.get_image_features(pixel_values=self.preprocess(images, size), interpolate_pos_encoding=True)
         return F.normalize(_features(out), dim=-1)
 
     # ---- texts --------------------------------------------------------------------------------
@@ -186,17 +216,19 @@ class ClipBackend:
         class_names: Sequence[str] | None = None,
         template: str = GUIDANCE_TEMPLATE,
         reduction: str = "mean",
+        size: int | None = None,
     ) -> Tensor:
         """CLIP guidance L_CLIP = mean_i (1 − cos(E_img(x_i), E_txt(guidance_i))) (Malcewicz et al. 2025).
 
         ``guidance`` per image is a class index into ``class_names``, a class name (filled into
         ``template``; pass ``template="{c}"`` for raw prompts), or a float tensor (N, D) of text
-        embeddings computed beforehand. ``reduction="none"`` returns the per-image terms.
+        embeddings computed beforehand. ``reduction="none"`` returns the per-image terms. ``size``:
+        the image tower's input side (default: the model's own; :meth:`encode_images`).
         """
         text = self._guidance_embeddings(guidance, class_names, template)
         if text.shape[0] != images.shape[0]:
             raise ConfigError(f"{text.shape[0]} guidance targets for {images.shape[0]} images")
-        per_image = 1.0 - (self.encode_images(images) * text.to(self.device)).sum(dim=-1)
+        per_image = 1.0 - (self.encode_images(images, size) * text.to(self.device)).sum(dim=-1)
         if reduction == "none":
             return per_image
         if reduction == "mean":

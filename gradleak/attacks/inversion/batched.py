@@ -130,15 +130,17 @@ class BatchedMatcher:
         grads, prior = grad(client_loss, has_aux=True)(self.params)
         return self.objective([grads[n] for n in self.names]), prior
 
-    def losses(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """``(matching (P,), total (P,), guidance (P,) or None)``; total carries the graph to ``x``."""
+    def losses(self, x: Tensor, step: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``(matching (P,), total (P,), guidance (P,) or None)`` at optimisation step ``step``;
+        total carries the graph to ``x``. Guidance None also off a lazy guide's steps (``every``)."""
         with self._autocast():
             matching, prior = vmap(self._one)(x, self.labels)
         total = matching + prior
         guide = None
-        if self.guidance is not None:
+        weight = self.guidance.weight_at(step) if self.guidance is not None else None
+        if weight is not None:
             guide = self.guidance.per_candidate(x, self.guidance_targets)
-            total = total + self.guidance.weight * guide
+            total = total + weight * guide
         return matching, total, guide
 
     def final_losses(self, x: Tensor, with_guidance: bool = True) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -258,7 +260,7 @@ class BatchedRun:
         """Optimise the candidates alive up to iteration ``until`` (≤ the config's iterations)."""
         start, problems = time.perf_counter(), self._problems()
         for it in range(self.it, min(until, self.config.iterations)):
-            matching, total, _ = self.matcher.losses(self.x)
+            matching, total, _ = self.matcher.losses(self.x, step=it)
             self.optimiser.step(total.sum())
             if it % self.log_every == 0 or it == self.config.iterations - 1:
                 values = matching.detach().tolist()
@@ -336,7 +338,8 @@ def guided_matcher(observation: Observation, config: InversionConfig, labels: Te
     matcher = GradientMatcher(observation, config, labels)
     if guidance is None or not guidance.weight:
         return matcher, None
-    term = REGULARIZERS.get("guidance")(observation, matcher.model, guide=guidance.guide, targets=targets)
+    term = REGULARIZERS.get("guidance")(observation, matcher.model, guide=guidance.guide, targets=targets,
+                                        every=guidance.every)
     matcher.regularizers.append((term, guidance.weight))
     return matcher, term
 

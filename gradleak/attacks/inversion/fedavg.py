@@ -36,6 +36,7 @@ from ...errors import ConfigError
 from ...models import last_linear
 from ...threat import Observation
 from .invert import GradientMatcher, InversionConfig, matching_terms
+from .regularizers import lazy_weight
 
 MODES = ("gradient", "unrolled", "unrolled-checkpoint")
 K_GRID = (1, 2, 3, 5, 10, 20)  # local-step counts tried when the threat model withholds the schedule
@@ -135,8 +136,8 @@ class UnrolledMatcher(GradientMatcher):
         self.plan = step_plan(int(labels.shape[0]), update.local_batch_size, self.steps)
         self.checkpointed = config.fedavg_matching == "unrolled-checkpoint"
 
-    def matching_loss(self, x: Tensor, create_graph: bool = True) -> tuple[Tensor, Tensor]:
-        """Return ``(matching, total)`` for images ``x`` (pixel space)."""
+    def matching_loss(self, x: Tensor, create_graph: bool = True, step: int | None = None) -> tuple[Tensor, Tensor]:
+        """Return ``(matching, total)`` for images ``x`` (pixel space); ``step`` as in :class:`GradientMatcher`."""
         with self._autocast():
             delta = simulate_delta(self.model, self.obs.normalize(x), self.labels, self.lr, self.plan,
                                    create_graph=create_graph, checkpointed=self.checkpointed)
@@ -147,7 +148,9 @@ class UnrolledMatcher(GradientMatcher):
                 # bn_stats: the granted statistics are the client's first batch at θ_0, i.e. the
                 # unroll's first forward (the prior would otherwise read the last one).
                 reg._terms = reg._terms[: len(reg.layers)]
-            total = total + weight * reg(x)
+            weight = lazy_weight(weight, getattr(reg, "every", 1), step)
+            if weight is not None:
+                total = total + weight * reg(x)
         return matching, total
 
 

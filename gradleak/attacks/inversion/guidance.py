@@ -25,6 +25,14 @@ iterations, 8 images, oracle guidance at weight 0.1): no guide raised SSIM; a PG
 lowered it more than a standard one (0.632 unguided → 0.552 standard, 0.429 robust, 0.361 robust
 with 4 views), and at weight 0.01 all three stayed within ~0.07 below unguided.
 
+Cost (issue #28; ``benchmarks/clip_guide_levers.py``): ``Guidance.every`` = k (``--guide-every``)
+evaluates the guide only on steps 0, k, 2k, … at weight k·λ — lazy regularisation (Karras et al.
+2020, StyleGAN2 §3.1): the pull summed over k steps stays that of guiding every step, while the
+image tower runs k times less often. (Under IG's signed Adam the step is the sign of the total
+gradient, so equal mean pull is exact only before the sign; ``benchmarks/guide_every_quality.py``
+measures what it costs.) k = 1 is the every-step loop, bit for bit. ``ClipGuide(input_size=)``
+(``--clip-input-size``) is the other lever.
+
 A guide returns one loss per image so that the batched search (``batched.py``) can reduce it per
 candidate; :class:`GuidanceRegularizer` wraps a guide with fixed targets as a regulariser of the
 ordinary (sequential) inversion and is registered as ``"guidance"`` in
@@ -45,7 +53,7 @@ from ...errors import ConfigError
 from ...registry import Registry
 from ...threat import Observation
 from ...vision.prompts import GUIDANCE_TEMPLATE  # "image of a {c}", the seed's guidance prompt
-from .regularizers import REGULARIZERS
+from .regularizers import REGULARIZERS, lazy_weight
 
 
 class Guide(Protocol):
@@ -145,17 +153,22 @@ class ClipGuide(_ViewAveraged):
 
     Text embeddings of ``template`` filled with each class name are computed once; per step only
     the image tower runs (frozen; gradients flow to the pixels only), on ``views`` views per image.
+    ``input_size``: the side the images are resized to for CLIP (default: the model's own, 224 for
+    ViT-B/32); a smaller multiple of the patch size runs with interpolated position embeddings
+    (:meth:`~gradleak.vision.ClipBackend.check_input_size`), cheaper per step.
     """
 
     name = "clip"
 
     def __init__(self, clip: Any = None, class_names: Sequence[str] | None = None,
-                 template: str = GUIDANCE_TEMPLATE, views: int = 1, seed: int = 0, **_: Any):
+                 template: str = GUIDANCE_TEMPLATE, views: int = 1, seed: int = 0, input_size: int | None = None,
+                 **_: Any):
         if clip is None:
             raise ConfigError("the clip guide needs a CLIP model (pass --clip-model DIR, or use --guide classifier offline)")
         if not class_names:
             raise ConfigError("the clip guide needs the class names (the threat model must grant them)")
         self.clip = clip
+        self.input_size = clip.check_input_size(input_size)  # None: the model's own
         self.class_names = list(class_names)
         self.template = template
         with torch.no_grad():
@@ -164,7 +177,10 @@ class ClipGuide(_ViewAveraged):
 
     def _loss(self, x: Tensor, targets: Tensor) -> Tensor:
         targets = _check_targets(x, targets, len(self.class_names))
-        return self.clip.guidance_loss(x, self.text[targets.to(self.text.device)], reduction="none").to(x.device)
+        text = self.text[targets.to(self.text.device)]
+        if self.input_size is None:
+            return self.clip.guidance_loss(x, text, reduction="none").to(x.device)
+        return self.clip.guidance_loss(x, text, reduction="none", size=self.input_size).to(x.device)
 
 
 @GUIDES.register("classifier")
@@ -197,17 +213,30 @@ def build_guide(name: str, **kwargs: Any) -> Guide:
     return GUIDES.get(name)(**kwargs)
 
 
+def check_every(every: Any) -> int:
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"guide_every must be a positive integer (1: guide every step); got {every!r}")
+    return every
+
+
 @dataclass
 class Guidance:
-    """A guide and its weight λ in ``L_total``."""
+    """A guide and its weight λ in ``L_total``; ``every`` = k > 1 evaluates the guide only on steps
+    0, k, 2k, … with weight k·λ (:func:`~.regularizers.lazy_weight`)."""
 
     guide: Guide
     weight: float
+    every: int = 1
 
     def __post_init__(self) -> None:
         if not float(self.weight) >= 0:
             raise ConfigError(f"guidance weight must be a non-negative number; got {self.weight}")
         self.weight = float(self.weight)
+        self.every = check_every(self.every)
+
+    def weight_at(self, step: int | None) -> float | None:
+        """The weight of the guidance term at optimisation step ``step``; None: not evaluated then."""
+        return lazy_weight(self.weight, self.every, step)
 
     def per_candidate(self, x: Tensor, targets: Tensor) -> Tensor:
         """Unweighted mean guidance loss of each candidate: ``x`` (K, B, C, H, W), ``targets`` (K, B) → (K,)."""
@@ -226,12 +255,13 @@ class GuidanceRegularizer:
     """
 
     def __init__(self, observation: Observation, model: nn.Module, guide: Guide | None = None,
-                 targets: Tensor | None = None, **_: Any):
+                 targets: Tensor | None = None, every: int = 1, **_: Any):
         if guide is None or targets is None:
             raise ConfigError("the guidance regulariser needs a guide and guidance classes; "
                               "enable it with --guidance oracle|search, not as a plain regulariser")
         self.guide = guide
         self.targets = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+        self.every = check_every(every)  # the matcher evaluates it on every ``every``-th step only
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.guide.per_image(x, self.targets).mean()

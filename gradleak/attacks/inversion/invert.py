@@ -23,7 +23,7 @@ from ...threat import Observation
 from .objectives import OBJECTIVES
 from .defense_aware import aware_objective, clipped_mean_gradient, example_clip
 from .attacker_layers import low_precision_copies, prepare_attacker_model
-from .regularizers import REGULARIZERS
+from .regularizers import REGULARIZERS, lazy_weight
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -160,8 +160,10 @@ class GradientMatcher:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.params[0].device.type, dtype=self.dtype)
 
-    def matching_loss(self, x: torch.Tensor, create_graph: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(matching, total)`` for images ``x`` (pixel space)."""
+    def matching_loss(self, x: torch.Tensor, create_graph: bool = True,
+                      step: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(matching, total)`` for images ``x`` (pixel space) at optimisation step ``step``
+        (a term with ``every`` > 1, the lazy guidance, counts only on its steps; :func:`lazy_weight`)."""
         with self._autocast():
             logits = self.model(self.obs.normalize(x))
             loss = nn.functional.cross_entropy(logits.float(), self.labels)
@@ -176,7 +178,9 @@ class GradientMatcher:
         matching = self.objective(grads)
         total = matching
         for reg, weight in self.regularizers:
-            total = total + weight * reg(x)
+            weight = lazy_weight(weight, getattr(reg, "every", 1), step)
+            if weight is not None:
+                total = total + weight * reg(x)
         return matching, total
 
 
@@ -233,7 +237,7 @@ def _optimise(matcher: GradientMatcher, x0: torch.Tensor, config: InversionConfi
     if config.optimizer == "adam":
         optimiser = PixelAdam(x, pixel_lr(matcher.obs, config), config)
         for it in range(config.iterations):
-            matching, total = matcher.matching_loss(x)
+            matching, total = matcher.matching_loss(x, step=it)
             optimiser.step(total)
             if it % log_every == 0 or it == config.iterations - 1:
                 history.append((it, float(matching.detach())))
@@ -244,7 +248,7 @@ def _optimise(matcher: GradientMatcher, x0: torch.Tensor, config: InversionConfi
 
         def closure():
             opt.zero_grad(set_to_none=True)
-            _, total = matcher.matching_loss(x)
+            _, total = matcher.matching_loss(x, step=it)  # one objective within an L-BFGS step
             (x.grad,) = torch.autograd.grad(total, [x])
             return total
 

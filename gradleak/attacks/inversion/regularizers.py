@@ -23,6 +23,16 @@ class Regularizer(Protocol):
 REGULARIZERS: Registry[Callable[..., Regularizer]] = Registry("regulariser")
 
 
+def lazy_weight(weight: float, every: int, step: int | None) -> float | None:
+    """The weight of a term evaluated only every ``every``-th step ("lazy regularisation", Karras et
+    al. 2020, StyleGAN2 §3.1) at optimisation step ``step``: None (skip it) off those steps, ``weight ×
+    every`` on them, so its mean pull over ``every`` steps is the every-step one; ``weight`` itself
+    when ``every`` is 1 or outside the optimisation (``step`` None: scoring)."""
+    if every == 1 or step is None:
+        return weight
+    return None if step % every else weight * every
+
+
 def total_variation(x: torch.Tensor) -> torch.Tensor:
     """Anisotropic L1 total variation, ``mean|∂_h x| + mean|∂_w x|`` (Rudin et al. 1992; as used by
     Geiping et al. 2020)."""

@@ -312,6 +312,8 @@ def run_guided(
     batched: bool = True,
     constrain_by_counts: bool = True,
     views: int = 1,
+    guide_every: int = 1,
+    clip_input_size: int | None = None,
     schedule: str | Sequence[Rung] = "exhaustive",
     eta: int = DEFAULT_ETA,
 ) -> GuidanceOutcome:
@@ -326,7 +328,8 @@ def run_guided(
     L-BFGS) runs the candidates in a Python loop instead (same results, slower).
     ``constrain_by_counts=False`` enumerates B > 1 candidates without the recovered counts.
     ``views``: random views of each reconstruction the guide averages per step (1: the image itself;
-    drawn from the inversion seed; :class:`~gradleak.attacks.inversion.guidance.ViewSampler`).
+    drawn from the inversion seed; :class:`~gradleak.attacks.inversion.guidance.ViewSampler`). ``guide_every``
+    = k: the guide runs every k-th step at weight k·λ; ``clip_input_size``: CLIP's input side (clip guide).
     ``schedule``: ``exhaustive``, ``halving`` (successive halving at rate ``eta``, rungs by
     :func:`~.schedules.halving_rungs`) or explicit :class:`~.schedules.Rung` s; it needs the batched
     Adam engine. With one candidate (or no rung) halving is the exhaustive run.
@@ -356,9 +359,9 @@ def run_guided(
     if not float(weight) >= 0:
         raise ConfigError(f"--guidance-weight must be a non-negative number; got {weight}")
     names = class_names if class_names is not None else obs.class_names
-    guide = build_guide(guide_name, clip=clip_model, class_names=names, aux_classifier=aux_classifier,
-                        num_classes=obs.num_classes, views=views, seed=inversion_config.seed)
-    guidance = Guidance(guide, weight)
+    guide = build_guide(guide_name, clip=clip_model, class_names=names, aux_classifier=aux_classifier, views=views,
+                        num_classes=obs.num_classes, seed=inversion_config.seed, input_size=clip_input_size)
+    guidance = Guidance(guide, weight, every=guide_every)
     engine = invert_batched if batched and inversion_config.optimizer == "adam" else invert_sequential
     rungs = (halving_rungs(len(plan.labels), inversion_config.iterations, eta) if schedule == "halving"
              else [] if schedule == "exhaustive" else list(schedule))

@@ -1,4 +1,4 @@
-"""An ordinary PyTorch client: local SGD on its private batch, weights back to the server.
+"""An ordinary PyTorch client: local SGD on its private batch (:func:`.task.local_sgd`), weights back to the server.
 
 Nothing here knows about gradleak's attack. The one demo-only line writes the private batch
 to ``truth-dir`` so that the evaluator can score what the server recovered. Flower's own privacy
@@ -15,7 +15,7 @@ from gradleak.integrations.capture import write_ground_truth
 from gradleak.integrations.flower_privacy import privacy_mod
 from gradleak.integrations.weights import load_weights
 
-from .task import client_batch, normalize, option, task_spec
+from .task import client_batch, local_sgd, normalize, option, task_spec
 
 app = ClientApp()
 
@@ -38,18 +38,17 @@ def _received_model(msg: Message, context: Context):
 def train(msg: Message, context: Context) -> Message:
     rc, spec, model = _received_model(msg, context)
     config = msg.content["config"]
-    server_round, lr, steps = int(config["server-round"]), float(config["lr"]), int(config["local-steps"])
+    server_round, lr = int(config["server-round"]), float(config["lr"])
     pid, parts = _partition(context)
     x, y = client_batch(str(rc["dataset"]), pid, parts, server_round, int(rc["batch-size"]), int(rc["seed"]),
                         option(rc, "data-dir"))
 
+    # The train config gives local-steps or local-epochs, and local-batch-size (0 or absent: the whole batch).
+    b = int(config.get("local-batch-size", 0)) or len(x)
+    steps = int(config["local-steps"]) if "local-steps" in config else int(config["local-epochs"]) * -(-len(x) // b)
+    shuffle = torch.Generator().manual_seed(7_919 * int(rc["seed"]) + 104_729 * pid + server_round)  # private
     model.train()  # the server's attack config says so too (client_mode train, task.attack_config)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    for _ in range(steps):  # every step on the whole batch: one step is FedSGD
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(model(normalize(x, spec)), y)
-        loss.backward()
-        opt.step()
+    loss = local_sgd(model, normalize(x, spec), y, lr, steps, b, shuffle)
 
     if rc.get("truth-dir"):  # demo only: the evaluator's side channel, never the attacker's
         write_ground_truth(str(rc["truth-dir"]), server_round, context.node_id, x, y)

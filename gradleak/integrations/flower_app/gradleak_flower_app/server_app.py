@@ -38,7 +38,8 @@ def main(grid: Grid, context: Context) -> None:
     out_dir = Path(str(rc["out-dir"])) if rc.get("out-dir") else None
     config = EavesdropConfig(attack=cfg, timeout_s=float(rc["attack-timeout"]),
                              max_pending=int(rc["max-pending"]), out_dir=out_dir,
-                             isolation=str(rc["attack-isolation"]), save_captures=bool(rc["save-captures"]))
+                             isolation=str(rc["attack-isolation"]), save_captures=bool(rc["save-captures"]),
+                             first_round=int(rc.get("attack-from-round", 1)))
     # Evaluator only: the demo clients leave their private batch here; the attack never reads it.
     truth = GroundTruthFolder(Path(str(rc["truth-dir"]))) if rc.get("truth-dir") else None
     eavesdropper = Eavesdropper(spec, config, MembersGroundTruth(truth) if truth is not None else None,
@@ -46,8 +47,11 @@ def main(grid: Grid, context: Context) -> None:
     privacy = FlowerPrivacy.from_run_config(rc)
     initial = build_model(spec.model, spec.input_shape, spec.num_classes, spec.width, seed=cfg.run.seed,
                           init=cfg.victim.init)
-    # The keys the clients read, and the eavesdropper's LocalSchedule reads back.
-    train_config = {"lr": cfg.client.local_lr, "local-steps": cfg.client.local_steps}
+    # The keys the clients read, and the eavesdropper's LocalSchedule reads back: lr, the local
+    # mini-batch (0: the whole batch) and local epochs or steps (K = epochs · ⌈B/b⌉).
+    train_config = {"lr": cfg.client.local_lr, "local-batch-size": cfg.client.local_batch_size or 0}
+    epochs = int(rc.get("local-epochs", 0) or 0)
+    train_config.update({"local-epochs": epochs} if epochs else {"local-steps": cfg.client.local_steps})
     try:
         if privacy.aggregate_only:  # SecAgg+: Flower's legacy workflow; the server holds only the aggregate
             run_secure_aggregation(grid, context, privacy, eavesdropper,

@@ -62,6 +62,29 @@ def client_batch(
     return data.images[pick].clone(), data.labels[pick].clone()
 
 
+def local_sgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, steps: int, batch: int,
+              shuffle: torch.Generator) -> float:
+    """The client's local training, in place: ``steps`` plain SGD steps over epochs of ⌈n/b⌉ mini-batches
+    of ``batch`` (the last one shorter when b does not divide n), reshuffled by ``shuffle`` at every
+    epoch as ``DataLoader(shuffle=True)`` does; one step on the whole batch is FedSGD. ``x`` is
+    normalised. Returns the last step's loss."""
+    n = len(x)
+    b = min(int(batch), n)
+    per_epoch = -(-n // b)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    order, loss = torch.arange(n), torch.tensor(float("nan"))
+    for step in range(int(steps)):
+        i = step % per_epoch
+        if i == 0 and b < n:  # a new epoch: a permutation only the client knows
+            order = torch.randperm(n, generator=shuffle)
+        idx = order[i * b:(i + 1) * b]
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        loss.backward()
+        opt.step()
+    return float(loss.detach())
+
+
 def normalize(x: torch.Tensor, spec: TaskSpec) -> torch.Tensor:
     if spec.mean is None or spec.std is None:
         return x
