@@ -290,3 +290,14 @@ def test_hit_or_miss_search_uses_the_exact_binomial_test():
     assert strong.low == pytest.approx(0.1912 - 0.1, abs=1e-3) and strong.high == pytest.approx(0.6395 - 0.1, abs=1e-3)
     chance = _hits_against_chance("search", [1.0] * 2 + [0.0] * 18, 0.1)  # exactly the chance rate
     assert chance.verdict != "HELD"
+
+
+def test_defended_runs_do_not_enter_the_seeds_claims():
+    # Undefended: aggregation clearly helps. Defended runs (a defence sweep) say the opposite; they
+    # belong to "Where attacks stop", and the claim must read the undefended ones only.
+    clean = aggregation_runs(np.full(20, 0.3) + noise(20, 0.01), np.full(20, 0.6) + noise(20, 0.01, seed=1))
+    defended = [run(100 + i, config={"defense": ["prune:keep=0.01"]}, semantic_accuracy=0.6,
+                    semantic_accuracy_aggregated=0.1) for i in range(40)]
+    mixed = next(c for c in evaluate_claims(clean + defended) if c.key == claim_aggregation_helps(clean).key)
+    assert mixed.verdict == HELD and mixed.effect == pytest.approx(0.3, abs=0.02)
+    assert claim_aggregation_helps(clean + defended).verdict != HELD  # what counting them would say

@@ -127,6 +127,23 @@ def test_dp_sgd_acts_on_every_fedavg_step_and_its_noise_is_seeded():
 
 
 @needs_opacus
+def test_epsilon_at_tiny_sigma_uses_low_orders_without_a_loose_bound_warning():
+    import warnings
+
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.step(noise_multiplier=0.01, sample_rate=4 / 846)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        default = accountant.get_epsilon(1e-5)  # best order = the smallest default one: loose
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Opacus's "optimal order is the smallest alpha" would raise
+        eps = dp_epsilon(0.01, 4 / 846, 1, 1e-5)
+    assert eps < default  # a tighter (smaller) valid bound
+
+
+@needs_opacus
 def test_epsilon_is_opacus_rdp_accountants_value():
     from opacus.accountants import RDPAccountant
     from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent

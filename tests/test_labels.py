@@ -476,3 +476,20 @@ def test_model_fingerprint_reads_extra_state():
     before = model_fingerprint(model)
     model.tag = "b"
     assert model_fingerprint(model) != before
+
+
+@pytest.mark.parametrize("label", [0, 3, C - 1])
+def test_ilrg_dummy_names_the_label_of_a_saturated_single_sample(label):
+    # p_y = 1.0 exactly in float32: ∇b_y = 0 and every other class's ∇b is a tiny positive number,
+    # so no exact lower bound fixes the count; the one non-positive entry is the label (iDLG).
+    head = linear_head(8, seed=label)
+    with torch.no_grad():
+        head.bias.zero_()
+        head.bias[label] = 60.0
+    x = torch.rand(1, 1, 8)
+    y = torch.tensor([label])
+    obs = observe(feature_model(head), x, y, batch_size=1)
+    grad_bias = obs.named_gradient()["1.bias"]
+    assert grad_bias[label] == 0 and (grad_bias[torch.arange(C) != label] > 0).all()
+    estimate = LABEL_STRATEGIES.get("ilrg-dummy")(obs)
+    assert accuracy(estimate, y) == 1.0

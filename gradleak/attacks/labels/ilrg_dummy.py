@@ -246,6 +246,11 @@ def ilrg_dummy(obs: Observation, aux: Optional[AuxData] = None) -> LabelEstimate
     lower = present_at_least(layer.grad_bias, batch_size)
     if int(lower.sum()) == batch_size:  # the exact bounds fix every count (at B = 1 unless p_y ≈ 1)
         return LabelEstimate(counts=lower, scores=lower.float(), method="ilrg-dummy")
+    if batch_size == 1 and int((layer.grad_bias <= 0).sum()) == 1:
+        # A saturated model (p_y = 1 in float32) leaves ∇b_y = 0 with every other class > 0: the one
+        # non-positive entry is the label, as in iDLG (Zhao et al. 2020).
+        counts = (layer.grad_bias <= 0).long().cpu()
+        return LabelEstimate(counts=counts, scores=counts.float(), method="ilrg-dummy")
     sample = sample_features(obs, batch_size, aux)
     estimate = _refine(layer, batch_size, sample.features)
     real = estimate.counts

@@ -269,6 +269,13 @@ CLAIMS: tuple[Callable[[Sequence[Run]], Claim], ...] = (
     claim_aggregation_helps, claim_more_batches_help, claim_oracle_guidance_helps, claim_search_beats_random)
 
 
+def undefended(runs: Sequence[Run]) -> list[Run]:
+    """The runs whose client applied no defence: the seed's claims are about an undefended client
+    (a defence sweep's defended runs are judged in "Where attacks stop" instead)."""
+    return [r for r in runs if not r.config.get("defense")]
+
+
 def evaluate_claims(runs: Sequence[Run]) -> list[Claim]:
-    """Every row of :data:`CLAIMS`, in order."""
+    """Every row of :data:`CLAIMS`, in order, over the undefended runs."""
+    runs = undefended(runs)
     return [check(runs) for check in CLAIMS]
