@@ -32,7 +32,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from clip_real_size import CLASSES, MEAN, STD  # noqa: E402
+from clip_real_size import CLASSES, convnet_observation  # noqa: E402
 
 # name, guided, guide_every, clip input size (None: the model's own, 224)
 VARIANTS = [("IG (unguided)", False, 1, None), ("CLIP 224 k=1", True, 1, None), ("CLIP 224 k=2", True, 2, None),
@@ -65,9 +65,7 @@ def run(args) -> None:
     from gradleak.attacks.inversion.batched import BatchedRun
     from gradleak.attacks.inversion.guidance import Guidance, build_guide
     from gradleak.errors import ConfigError
-    from gradleak.models import build_model
     from gradleak.runtime import resolve_device
-    from gradleak.threat import ThreatModel, simulate_client
     from gradleak.vision import load_clip
     from gradleak.vision.clip import save_random_clip
 
@@ -75,12 +73,7 @@ def run(args) -> None:
         save_random_clip(args.folder)
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
-    torch.manual_seed(0)
-    model = build_model("convnet", (3, 32, 32), 10, width=64, seed=0).train().to(device)
-    x, y = torch.rand(1, 3, 32, 32).to(device), torch.tensor([3], device=device)
-    update = simulate_client(model, x, y, mean=MEAN, std=STD)
-    obs = ThreatModel(knows_labels=True).observe(model, update, (3, 32, 32), 10, MEAN, STD, 1, y.cpu(),
-                                                 class_names=CLASSES)
+    model, obs = convnet_observation(device)
     clip = load_clip(args.folder, device=device, local_files_only=True)
     try:
         build_guide("clip", clip=clip, class_names=CLASSES, input_size=112)

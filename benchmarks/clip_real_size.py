@@ -60,25 +60,33 @@ class _Counter:
         return self.fn(*args, **kwargs)
 
 
-def run_rows(args) -> list[dict]:
-    """One precision, every row, in this process."""
-    from gradleak.attacks.inversion import preset
-    from gradleak.attacks.inversion.batched import BatchedRun
-    from gradleak.attacks.inversion.guidance import Guidance, build_guide
+def convnet_observation(device):
+    """The benchmarks' victim: a ConvNet-64 in train mode and its update on one random CIFAR-size image
+    (labels granted), as the attacker observes it."""
     from gradleak.models import build_model
-    from gradleak.runtime import resolve_device, tune_allocator
     from gradleak.threat import ThreatModel, simulate_client
-    from gradleak.vision import load_clip
 
-    tune_allocator()
-    device = resolve_device(args.device)
-    cuda = device.type == "cuda"
     torch.manual_seed(0)
     model = build_model("convnet", (3, 32, 32), 10, width=64, seed=0).train().to(device)
     x, y = torch.rand(1, 3, 32, 32).to(device), torch.tensor([3], device=device)
     update = simulate_client(model, x, y, mean=MEAN, std=STD)
     obs = ThreatModel(knows_labels=True).observe(model, update, (3, 32, 32), 10, MEAN, STD, 1, y.cpu(),
                                                  class_names=CLASSES)
+    return model, obs
+
+
+def run_rows(args) -> list[dict]:
+    """One precision, every row, in this process."""
+    from gradleak.attacks.inversion import preset
+    from gradleak.attacks.inversion.batched import BatchedRun
+    from gradleak.attacks.inversion.guidance import Guidance, build_guide
+    from gradleak.runtime import resolve_device, tune_allocator
+    from gradleak.vision import load_clip
+
+    tune_allocator()
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    model, obs = convnet_observation(device)
     start = time.perf_counter()
     clip = load_clip(args.folder, device=device, local_files_only=True)
     load_s = time.perf_counter() - start

@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from _guide_bench import held_out_order, single_image_attack_input
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,14 +38,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from gradleak.attacks.inversion.search import run_guided
-    from gradleak.attacks.labels import recover_labels
     from gradleak.config import AttackConfig
     from gradleak.data import load_dataset
     from gradleak.metrics import evaluate_images
     from gradleak.metrics.intervals import paired_difference
-    from gradleak.models import build_model
     from gradleak.studies.attack import inversion_config
-    from gradleak.threat import ThreatModel, simulate_client
     from gradleak.vision import cached_classifier
 
     dataset = "cifar10" if args.data_dir else "digits"
@@ -61,14 +60,8 @@ def main() -> None:
     ce = {name: [] for name in arms}
     secs = {name: 0.0 for name in arms}
     started = time.perf_counter()
-    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: args.images]
-    for trial, index in enumerate(order.tolist()):
-        x, y = test.images[index : index + 1], test.labels[index : index + 1]
-        model = build_model(args.model, test.input_shape, test.num_classes, seed=trial).train()
-        update = simulate_client(model, x, y, mean=test.mean, std=test.std)
-        obs = ThreatModel().observe(model, update, test.input_shape, test.num_classes, test.mean, test.std,
-                                    batch_size=1, class_names=test.class_names)
-        estimate = recover_labels(obs)
+    for trial, index in enumerate(held_out_order(test, args.images)):
+        x, y, obs, estimate = single_image_attack_input(test, index, trial, args.model)
         row = []
         for name, arm in arms.items():
             t = time.perf_counter()
@@ -104,7 +97,7 @@ def main() -> None:
             cells = f"{'':>13} {'':>17} {'':>6} {'':>13}"
         vs_none = "" if name == "no guidance" else f"{paired_difference(ssim[name], ssim['no guidance']).mean:+14.3f}"
         print(f"{name:13} {mean_s:6.3f} {mean_p:6.2f} {cells} {vs_none:>14} {sum(ce[name]) / len(ce[name]):8.3f} "
-              f"{secs[name] / len(order):6.1f}")
+              f"{secs[name] / len(ssim[name]):6.1f}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import time
 
 import torch
 
+from _guide_bench import held_out_order, single_image_attack_input
+
 
 def stand_ins(public, test, steps: int, seed: int = 0):
     from gradleak.vision import cached_classifier
@@ -58,14 +60,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from gradleak.attacks.inversion.search import run_guided
-    from gradleak.attacks.labels import recover_labels
     from gradleak.config import AttackConfig
     from gradleak.data import load_dataset
     from gradleak.metrics import evaluate_images
     from gradleak.metrics.intervals import paired_difference
-    from gradleak.models import build_model
     from gradleak.studies.attack import inversion_config
-    from gradleak.threat import ThreatModel, simulate_client
 
     dataset = "cifar10" if args.data_dir else "digits"
     public, test = load_dataset(dataset, "train", args.data_dir), load_dataset(dataset, "test", args.data_dir)
@@ -80,14 +79,8 @@ def main() -> None:
     judged: dict[str, list[bool]] = {name: [] for name in arms}
     judge = aux["judge"].model
     started = time.perf_counter()
-    order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: args.images]
-    for trial, index in enumerate(order.tolist()):
-        x, y = test.images[index : index + 1], test.labels[index : index + 1]
-        model = build_model(args.model, test.input_shape, test.num_classes, seed=trial).train()
-        update = simulate_client(model, x, y, mean=test.mean, std=test.std)
-        obs = ThreatModel().observe(model, update, test.input_shape, test.num_classes, test.mean, test.std,
-                                    batch_size=1, class_names=test.class_names)
-        estimate = recover_labels(obs)
+    for trial, index in enumerate(held_out_order(test, args.images)):
+        x, y, obs, estimate = single_image_attack_input(test, index, trial, args.model)
         row = []
         for name, arm in arms.items():
             if arm is None:

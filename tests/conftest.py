@@ -67,3 +67,14 @@ def cli(capsys):
         return exc.value.code, captured.out, captured.err
 
     return run
+
+
+@pytest.fixture
+def flower_task_identity(monkeypatch):
+    pytest.importorskip("flwr")
+    from flwr.supercore.task_identity import TaskIdentity
+
+    # Messages need a run identity, which Flower sets inside a real ServerApp / ClientApp process.
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)

@@ -255,17 +255,6 @@ def _failing_attack(capture, task, cfg, schedule):
     raise RuntimeError("inversion diverged")
 
 
-@pytest.fixture
-def flower_task_identity(monkeypatch):
-    pytest.importorskip("flwr")
-    from flwr.supercore.task_identity import TaskIdentity
-
-    # Messages need a run identity, which Flower sets inside a real ServerApp process.
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-
-
 class _Grid:
     def get_node_ids(self):
         return [11, 22, 33]

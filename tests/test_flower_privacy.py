@@ -99,17 +99,6 @@ def test_flower_demo_cli_passes_the_features_on(tmp_path, monkeypatch, cli):
 # -- Flower in-process: mods and strategies ------------------------------------------------------
 
 
-@pytest.fixture
-def flower_task_identity(monkeypatch):
-    pytest.importorskip("flwr")
-    from flwr.supercore.task_identity import TaskIdentity
-
-    # Messages need a run identity, which Flower sets inside a real ServerApp / ClientApp process.
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-
-
 def _trivial_attack(capture, task, cfg, schedule):
     from gradleak.attacks.inversion import Reconstruction
     from gradleak.studies.attack import AttackOutcome
