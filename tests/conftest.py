@@ -78,3 +78,18 @@ def flower_task_identity(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_run_id", 1)
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+@pytest.fixture
+def example_app_task():
+    """The shipped Flower app's ``task`` module (imported from its folder, as Flower would)."""
+    import sys
+    from pathlib import Path
+
+    folder = str(Path(__file__).resolve().parent.parent / "gradleak" / "integrations" / "flower_app")
+    sys.path.insert(0, folder)
+    try:
+        import gradleak_flower_app.task as task
+    finally:
+        sys.path.remove(folder)
+    return task

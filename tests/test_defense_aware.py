@@ -14,7 +14,7 @@ from gradleak.attacks.labels.unclip import clip_scale
 from gradleak.defenses import apply_defenses, build_defenses, global_norm
 from gradleak.metrics import evaluate_images
 from gradleak.models import build_model
-from gradleak.threat import ThreatModel, simulate_client
+from gradleak.threat import ClientUpdate, ThreatModel, simulate_client
 from gradleak.threat.io import load_update, save_update
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -156,7 +156,7 @@ def test_pruned_then_noised_update_hides_the_mask():
     from types import SimpleNamespace
 
     obs = SimpleNamespace(defenses=[{"name": "prune", "keep": 0.1}, {"name": "client-dp", "C": 1.0, "sigma": 0.1}],
-                          update=SimpleNamespace(kind="fedsgd"), batch_size=1)
+                          update=ClientUpdate("fedsgd", [], []), batch_size=1)
     p = da.plan(obs)
     assert not p.masked and p.noise_std == pytest.approx(0.1)
 
@@ -172,3 +172,9 @@ def test_the_batched_engine_uses_the_same_aware_objective(digits):
     assert a.matching_loss == pytest.approx(b.matching_loss, rel=1e-4, abs=1e-7)
     torch.testing.assert_close(a.images, b.images, atol=1e-4, rtol=0)
     assert not torch.allclose(a.images, naive.images)
+
+
+def test_gradient_scale_maps_update_units_to_gradient_units():
+    assert ClientUpdate("fedsgd", [], []).gradient_scale() == 1.0
+    assert ClientUpdate("fedavg", [], [], 5, 0.1).gradient_scale() == pytest.approx(2.0)  # 1 / (K η)
+    assert ClientUpdate("fedavg", [], [], 5, None).gradient_scale() is None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -346,13 +345,6 @@ def test_eavesdropper_scores_against_ground_truth_and_writes_the_store(tmp_path)
     assert all(s.fingerprint == weights_fingerprint(model) and s.facts["batch_size"] == 3 for s in saved.values())
 
 
-def _example_app_task():
-    sys.path.insert(0, str(EXAMPLE_APP))
-    try:
-        import gradleak_flower_app.task as task
-    finally:
-        sys.path.remove(str(EXAMPLE_APP))
-    return task
 
 
 def test_demo_hands_the_initialisation_to_the_server_app():
@@ -369,7 +361,7 @@ def test_demo_hands_the_initialisation_to_the_server_app():
         FlowerDemoConfig(demo_attack_config(labeler="classifier", knows_labels=True)).validate()
 
 
-def test_demo_run_config_round_trips_to_the_server_apps_attack_config():
+def test_demo_run_config_round_trips_to_the_server_apps_attack_config(example_app_task):
     """Every key the demo sends is one the app declares (Flower refuses others), and the server app
     rebuilds exactly the demo's AttackConfig from them."""
     import tomllib
@@ -379,7 +371,7 @@ def test_demo_run_config_round_trips_to_the_server_apps_attack_config():
     from gradleak.integrations.flower_demo import APP_OPTIONS, FlowerDemoConfig, demo_attack_config, demo_run_config
 
     declared = tomllib.loads((EXAMPLE_APP / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
-    task = _example_app_task()
+    task = example_app_task
     for options in ({}, {"init": "pytorch", "width": 6, "local_lr": 0.05, "local_steps": 3, "iterations": 7,
                          "tv": 0.0, "step_size": 0.2, "restarts": 2, "labels": "ilrg", "batch_size": 8, "seed": 4,
                          "knows_local_schedule": False, "attack": "dlg", "model": "convnet"}):
@@ -460,7 +452,7 @@ def test_missing_flwr_is_one_line_error(monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_real_flower_federation_leaks_fedsgd_gradient_and_labels(tmp_path):
+def test_real_flower_federation_leaks_fedsgd_gradient_and_labels(tmp_path, example_app_task):
     """SuperLink + 2 SuperNodes on 127.0.0.1 run the example app for one FedSGD round.
 
     The server's captured update must be −lr × the client's true gradient, and the labels it
@@ -473,7 +465,7 @@ def test_real_flower_federation_leaks_fedsgd_gradient_and_labels(tmp_path):
     from gradleak.integrations.flower_local import LocalFederation, marked_processes
     from gradleak.threat.io import load_update
 
-    client_batch = _example_app_task().client_batch
+    client_batch = example_app_task.client_batch
 
     out, truth, lr, batch = tmp_path / "out", tmp_path / "truth", 0.1, 4
     fed = LocalFederation(num_nodes=2, home=tmp_path / "flwr-home", log_dir=tmp_path / "logs", start_timeout_s=90)

@@ -4,7 +4,6 @@ matcher simulates exactly that schedule, and the demo exposes it."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,9 @@ EXAMPLE_APP = REPO / "gradleak" / "integrations" / "flower_app"
 MEAN, STD = (0.3051,), (0.3759,)
 
 
-def _app_task():
-    sys.path.insert(0, str(EXAMPLE_APP))
-    try:
-        import gradleak_flower_app.task as task
-    finally:
-        sys.path.remove(str(EXAMPLE_APP))
-    return task
 
 
-def _fedavg_capture(epochs=2, local_batch=2, lr=0.05, labels=(0, 3, 3, 8), server_round=3, shuffle_seed=11):
+def _fedavg_capture(app_task, epochs=2, local_batch=2, lr=0.05, labels=(0, 3, 3, 8), server_round=3, shuffle_seed=11):
     """θ of a seeded LeNet and θ' after the example client's own local training (task.local_sgd): ``epochs``
     epochs in mini-batches of ``local_batch``, reshuffled by a generator the server never sees."""
     from gradleak.integrations.capture import CapturedUpdate
@@ -41,7 +33,7 @@ def _fedavg_capture(epochs=2, local_batch=2, lr=0.05, labels=(0, 3, 3, 8), serve
     client.load_state_dict(model.state_dict())
     shuffle = torch.Generator().manual_seed(shuffle_seed)
     steps = epochs * -(-len(labels) // local_batch)
-    _app_task().local_sgd(client, (x - MEAN[0]) / STD[0], y, lr, steps, local_batch, shuffle)
+    app_task.local_sgd(client, (x - MEAN[0]) / STD[0], y, lr, steps, local_batch, shuffle)
     theta = {k: v.numpy().copy() for k, v in model.state_dict().items()}
     theta_prime = {k: v.numpy().copy() for k, v in client.state_dict().items()}
     train_config = {"lr": lr, "local-epochs": epochs, "local-batch-size": local_batch, "server-round": server_round}
@@ -65,13 +57,13 @@ def test_schedule_in_local_epochs_is_k_steps_of_the_reply_and_steps_win():
 
 
 @pytest.mark.parametrize("matching", ["unrolled", "unrolled-checkpoint"])
-def test_eavesdropper_attacks_a_fedavg_capture_with_the_observed_schedule(monkeypatch, matching):
+def test_eavesdropper_attacks_a_fedavg_capture_with_the_observed_schedule(monkeypatch, matching, example_app_task):
     """The unrolled matcher runs on exactly the (η, K, b) the server sent; earlier rounds are not attacked."""
     import gradleak.attacks.inversion.fedavg as fedavg
     from gradleak.config import AttackConfig
     from gradleak.integrations.eavesdropper import EavesdropConfig, Eavesdropper
 
-    task, _, capture, x, y = _fedavg_capture(epochs=2, local_batch=2, lr=0.05)
+    task, _, capture, x, y = _fedavg_capture(example_app_task, epochs=2, local_batch=2, lr=0.05)
     seen = []
     original = fedavg.UnrolledMatcher.__init__
 
@@ -99,14 +91,14 @@ def test_eavesdropper_attacks_a_fedavg_capture_with_the_observed_schedule(monkey
     assert r.label_accuracy is not None and r.ssim is not None and "ssim_random_baseline" in r.summary
 
 
-def test_unrolled_simulation_replays_the_flower_clients_epoch_exactly():
+def test_unrolled_simulation_replays_the_flower_clients_epoch_exactly(example_app_task):
     """One epoch: the attacker's simulated Δ at the client's images, in the client's (private) order,
     is the captured Δ; the order is the one freedom the dummies absorb."""
     from gradleak.attacks.inversion.fedavg import simulate_delta, step_plan
     from gradleak.config import AttackConfig
     from gradleak.integrations.eavesdropper import observe_capture
 
-    task, _, capture, x, y = _fedavg_capture(epochs=1, local_batch=2, lr=0.1, shuffle_seed=5)
+    task, _, capture, x, y = _fedavg_capture(example_app_task, epochs=1, local_batch=2, lr=0.1, shuffle_seed=5)
     obs = observe_capture(capture, task, AttackConfig.of(client_mode="train"))
     u = obs.update
     assert (u.kind, u.lr, u.local_steps, u.local_batch_size) == ("fedavg", 0.1, 2, 2)
@@ -117,7 +109,7 @@ def test_unrolled_simulation_replays_the_flower_clients_epoch_exactly():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
 
 
-def test_demo_exposes_epochs_local_batch_matching_and_the_attacked_rounds():
+def test_demo_exposes_epochs_local_batch_matching_and_the_attacked_rounds(example_app_task):
     import tomllib
 
     import tomli_w
@@ -134,7 +126,7 @@ def test_demo_exposes_epochs_local_batch_matching_and_the_attacked_rounds():
     assert set(run_config) <= set(declared), set(run_config) - set(declared)
     assert (run_config["local-epochs"], run_config["attack-from-round"], run_config["local-batch-size"],
             run_config["fedavg-matching"]) == (2, 5, 8, "unrolled")
-    assert _app_task().attack_config(run_config) == cfg.attack
+    assert example_app_task.attack_config(run_config) == cfg.attack
     report = format_report(FlowerDemoResult(cfg, []))
     assert "2 epochs, 8 local steps on mini-batches of 8; attack matches unrolled" in report
     assert "from round 5" in report and "0 of 4 updates" in report  # 4 clients × the one attacked round

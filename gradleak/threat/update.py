@@ -52,6 +52,13 @@ class ClientUpdate:
         scale = 1.0 / (eta * steps) if eta else 1.0
         return [-t * scale for t in self.tensors]
 
+    def gradient_scale(self) -> float | None:
+        """How the update's units map to gradient units (a clip bound C on the update is C times this
+        on the gradient): 1 for FedSGD, ``1/(K η)`` for FedAvg, None when η was not recorded."""
+        if self.kind == "fedsgd":
+            return 1.0
+        return 1.0 / (self.lr * self.local_steps) if self.lr else None
+
     def to(self, device: str | torch.device) -> "ClientUpdate":
         """A copy with the tensors and BN statistics on ``device`` (itself when all are there)."""
         device = torch.device(device)

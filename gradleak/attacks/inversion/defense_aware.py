@@ -53,21 +53,13 @@ class Plan:
     example_clip: float | None = None  # dp-sgd's per-example C (the dummy's gradients are clipped likewise)
 
 
-def _gradient_scale(obs: Observation) -> float | None:
-    """How the update's units map to gradient units: 1 for FedSGD, 1/(Kη) for FedAvg, None unknown."""
-    u = obs.update
-    if u.kind == "fedsgd":
-        return 1.0
-    return 1.0 / (u.lr * u.local_steps) if u.lr else None
-
-
 def plan(obs: Observation) -> Plan | None:
     """The :class:`Plan` for ``obs``'s defence record; None without one (or when nothing can be done:
     an aggregate of several clients, or a FedAvg update of unknown schedule)."""
     record = obs.defenses or []
     if not record or any(d["name"] == "secagg" and d.get("N", 1) > 1 for d in record):
         return None  # N clients' masks and clip factors are mixed in the mean: no per-client model
-    scale = _gradient_scale(obs)
+    scale = obs.update.gradient_scale()
     p, var, pruned = Plan(), 0.0, False
     for d in record:
         name = d["name"]

@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 
+from ...defenses import global_norm
 from ...threat import Observation
 from .base import AuxData, read_last_layer, round_counts, sample_features
 
@@ -40,9 +41,8 @@ def clip_norm(obs: Observation) -> Optional[float]:
     noiseless = d["name"] == "clip" or (d["name"] in ("client-dp", "dp-sgd") and d["sigma"] == 0)
     if not noiseless or (d["name"] == "dp-sgd" and (obs.batch_size != 1 or u.kind != "fedsgd")):
         return None
-    if u.kind == "fedavg" and not u.lr:
-        return None
-    return float(d["C"]) / (1.0 if u.kind == "fedsgd" else u.lr * u.local_steps)
+    scale = u.gradient_scale()
+    return None if scale is None else float(d["C"]) * scale
 
 
 def clip_scale(obs: Observation, aux: Optional[AuxData] = None) -> Optional[float]:
@@ -51,7 +51,7 @@ def clip_scale(obs: Observation, aux: Optional[AuxData] = None) -> Optional[floa
     C = clip_norm(obs)
     if C is None or obs.batch_size is None:
         return None
-    norm = float(torch.sqrt(sum(t.double().square().sum() for t in obs.gradient())))
+    norm = float(global_norm(obs.gradient()))
     if norm < C * (1 - 1e-4):
         return 1.0
     b = obs.batch_size
