@@ -93,10 +93,11 @@ def _flops_per_iteration(obs, labels, cfg, guidance) -> tuple[float, float]:
     """Matrix-product and convolution FLOPs of one iteration of all candidates, (sequential, batched)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from _flops import conv_backward_flops
     from gradleak.attacks.inversion.batched import BatchedMatcher, guided_matcher
 
     x = torch.rand(labels.shape[0], 1, *obs.input_shape, requires_grad=True)
-    conv_backward = {torch.ops.aten.convolution_backward: _conv_backward_flops}
+    conv_backward = {torch.ops.aten.convolution_backward: conv_backward_flops}
     with FlopCounterMode(display=False, custom_mapping=conv_backward) as batched:
         # x * 1: the counter's module hooks refuse a leaf as a module input under autograd.grad
         _, total, _ = BatchedMatcher(obs, cfg, labels, guidance, labels).losses(x * 1)
@@ -108,20 +109,6 @@ def _flops_per_iteration(obs, labels, cfg, guidance) -> tuple[float, float]:
             _, total_c = matcher.matching_loss(xc * 1)
             torch.autograd.grad(total_c, [xc])  # as the loop does: to the pixels only
     return float(sequential.get_total_flops()), float(batched.get_total_flops())
-
-
-def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                         _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
-    """FLOPs of ``convolution_backward``, one forward-sized convolution per requested output.
-
-    torch's own formula ignores ``groups`` for the weight gradient and so counts the grouped
-    convolutions ``vmap`` makes of per-candidate weight gradients P times over.
-    """
-    import math
-
-    # a forward conv's MACs: every output (input, if transposed) element × (C_in / groups) × k…
-    per_conv = 2 * math.prod(x_shape if transposed else grad_out_shape) * math.prod(w_shape[1:])
-    return per_conv * (int(output_mask[0]) + int(output_mask[1]))
 
 
 def _conv_rate() -> float:

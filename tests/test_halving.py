@@ -211,6 +211,28 @@ def test_survivors_continue_their_optimiser_state_and_lr_schedule(digits):
     assert all(hv.guidance_losses[c] is None and hv.reconstructions[c].iterations in (4, 9) for c in dropped)
 
 
+def test_replay_on_an_exhaustive_run_picks_what_the_live_race_picks(digits):
+    """An exhaustive run scored at the rungs (keeping all) replays the race: the same survivors at
+    each rung and the same final pick as live halving over ``guidance`` (small gaps, so not trivial)."""
+    obs, _, y = _observe(digits, "convnet", batch=1, width=4, first=7)
+    cfg = InversionConfig(iterations=27, regularizers={"tv": 0.05})
+    kw = dict(aux_classifier=_guide(1), search_space="guidance")
+    rungs = halving_rungs(10, 27)
+    live = run_guided(obs, y, cfg, "search", "classifier", 0.1, schedule="halving", **kw)
+    full = run_guided(obs, y, cfg, "search", "classifier", 0.1, schedule=[Rung(r.iterations, 10) for r in rungs], **kw)
+    chosen, kept = schedules.replay_halving([r.scores for r in full.rungs], [c.score for c in full.candidates], rungs)
+    assert kept == [r.kept for r in live.rungs] and chosen == live.chosen
+    assert full.rungs[0].scores == live.rungs[0].scores  # identical computation up to the first rung
+    # a different final ranking moves the replayed pick among the finalists only
+    finals = [0.0 if k == 0 else 1.0 for k in range(10)]
+    assert schedules.replay_halving([r.scores for r in full.rungs], finals, rungs)[0] == (0 if 0 in kept[-1] else
+                                                                                             min(kept[-1]))
+    with pytest.raises(ConfigError, match="every candidate"):  # rung scores missing a candidate still alive
+        schedules.replay_halving([{0: 1.0}, full.rungs[1].scores], finals, rungs)
+    with pytest.raises(ConfigError, match="rungs scored"):
+        schedules.replay_halving([full.rungs[0].scores], finals, rungs)
+
+
 # ---- exhaustive unchanged ---------------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -118,6 +118,34 @@ def _ranking_scores(matching: Tensor, prior: Tensor, with_prior: bool) -> tuple[
     return [float(v) for v in m], [float(v) for v in score]
 
 
+def survivors(alive: Sequence[int], ranked: Sequence[float], keep: int) -> list[int]:
+    """The ``keep`` best of the ``alive`` candidate ids by ``ranked`` (lower wins, ties keep the lower id), in id order."""
+    order = sorted(range(len(alive)), key=lambda q: (ranked[q], alive[q]))
+    return sorted(alive[q] for q in order[:keep])
+
+
+def replay_halving(rung_scores: Sequence[Mapping[int, float]], final_scores: Sequence[float],
+                   rungs: Sequence[Rung]) -> tuple[int, list[list[int]]]:
+    """The candidate successive halving over ``rungs`` picks, replayed on an exhaustive run.
+
+    The exhaustive run must have scored every candidate at each rung's iteration: run it with the
+    same rungs keeping all (``[Rung(r.iterations, K) for r in rungs]``; the scoring does not change
+    the trajectories) and pass each ``RungRecord.scores`` and the final scores. Survivors continue
+    from where they stand, so the replay is the live race up to floating-point differences that a
+    smaller batch may introduce after the first rung. Returns (chosen id, survivors after each rung).
+    """
+    alive = list(range(len(final_scores)))
+    kept_after: list[list[int]] = []
+    if len(rung_scores) != len(rungs):
+        raise ConfigError(f"{len(rung_scores)} rungs scored for {len(rungs)} rungs to replay")
+    for scores, rung in zip(rung_scores, rungs):
+        if any(k not in scores for k in alive):
+            raise ConfigError("replay needs every candidate scored at every rung (an exhaustive run keeping all)")
+        alive = survivors(alive, [scores[k] for k in alive], rung.keep)
+        kept_after.append(alive)
+    return min(alive, key=lambda k: final_scores[k]), kept_after
+
+
 def invert_halving(
     observation: Observation,
     labels: Tensor,
@@ -143,8 +171,7 @@ def invert_halving(
             run.advance(rung.iterations)
             scores = run.scores(with_guidance=False)
             matching, ranked = _ranking_scores(scores[0], scores[1], with_prior)
-            order = sorted(range(len(run.alive)), key=lambda q: (ranked[q], run.alive[q]))
-            kept = sorted(run.alive[q] for q in order[:rung.keep])
+            kept = survivors(run.alive, ranked, rung.keep)
             records.append(RungRecord(rung.iterations, list(run.alive), kept,
                                       dict(zip(run.alive, matching)), dict(zip(run.alive, ranked))))
             run.drop([c for c in run.alive if c not in kept], scores)
